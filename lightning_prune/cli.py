@@ -1,0 +1,153 @@
+"""The ``lightning-prune`` command: LightningCLI over any LightningModule / DataModule, W&B logging by default."""
+
+import netrc
+import os
+import socket
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_prune.data.hub import DataSourceError
+
+WANDB_OFFLINE_MODES = ("offline", "dryrun", "disabled")
+
+
+def wandb_api_key_configured() -> bool:
+    """Whether W&B would find an API key: ``WANDB_API_KEY`` or an ``api.wandb.ai`` entry in the netrc file."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC", str(Path.home() / ".netrc"))
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, PermissionError):
+        return False
+
+
+def wandb_server_reachable(timeout: float = 3.0) -> bool:
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def choose_wandb_mode() -> str | None:
+    """Decide online/offline *before* any W&B run starts, so W&B never prompts for a key or hangs on the network.
+
+    Returns the reason for going offline, or None when W&B may log online (or the user already chose a mode).
+    """
+    if os.environ.get("WANDB_MODE", "").lower() in WANDB_OFFLINE_MODES:
+        return None
+    if not wandb_api_key_configured():
+        reason = "no W&B API key is configured"
+    elif not wandb_server_reachable():
+        reason = "the W&B server cannot be reached"
+    else:
+        return None
+    os.environ["WANDB_MODE"] = "offline"
+    return reason
+
+
+def run_directory(trainer: Trainer) -> Path:
+    """Where this run's checkpoints and config live: ``<save_dir>/<name>/<version>`` as ModelCheckpoint resolves it."""
+    checkpoint = trainer.checkpoint_callback
+    if checkpoint is not None and checkpoint.dirpath:
+        return Path(checkpoint.dirpath).parent
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class RunConfigCallback(SaveConfigCallback):
+    """Saves the full config into the run's own directory (beside its checkpoints) and logs it to the logger.
+
+    LightningCLI's default saves into the logger's shared save_dir, where the next run of the same config would
+    refuse to overwrite it.
+    """
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        """The run directory is only known once ModelCheckpoint (ordered last) has resolved it: see on_fit_start."""
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.already_saved or not trainer.is_global_zero:
+            return
+        path = run_directory(trainer) / self.config_filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.parser.save(self.config, str(path), skip_none=False, overwrite=True, multifile=self.multifile)
+        if trainer.logger is not None:
+            trainer.logger.log_hyperparams(self.config.clone().as_dict())
+        self.already_saved = True
+
+
+class LightningPruneCLI(LightningCLI):
+    """LightningCLI with the package's defaults: any LightningModule / DataModule by class path, W&B that falls back
+    to offline by itself, the IMDB vocabulary passed from the data to the model, and the run's location printed."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("model_class", LightningModule)
+        kwargs.setdefault("subclass_mode_model", True)
+        kwargs.setdefault("subclass_mode_data", True)
+        kwargs.setdefault("save_config_callback", RunConfigCallback)
+        kwargs.setdefault("auto_configure_optimizers", True)
+        super().__init__(*args, **kwargs)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(str(self.subcommand), self.config)
+        link_vocab_size(config)
+        self.wandb_offline_reason = choose_wandb_mode()
+
+    def before_fit(self) -> None:
+        self._announce_wandb()
+
+    def after_fit(self) -> None:
+        if not self.trainer.is_global_zero:
+            return
+        rank_zero_info(f"Run directory: {run_directory(self.trainer)}")
+        checkpoint = self.trainer.checkpoint_callback
+        if checkpoint is not None and checkpoint.best_model_path:
+            score = checkpoint.best_model_score
+            shown = f" ({checkpoint.monitor}={score:.4f})" if score is not None else ""
+            rank_zero_info(f"Best checkpoint: {checkpoint.best_model_path}{shown}")
+        self._announce_wandb(finished=True)
+
+    def _announce_wandb(self, finished: bool = False) -> None:
+        loggers = [lg for lg in self.trainer.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or os.environ.get("WANDB_MODE", "").lower() not in WANDB_OFFLINE_MODES:
+            return
+        if not finished:
+            why = f" because {self.wandb_offline_reason}" if self.wandb_offline_reason else ""
+            rank_zero_info(f"W&B is logging offline{why}, under {Path(loggers[0].save_dir or '.') / 'wandb'}.")
+            return
+        run_dir = Path(loggers[0].experiment.dir).parent
+        rank_zero_info(f"W&B offline run: {run_dir}. Upload it later with: wandb sync {run_dir}")
+
+
+def link_vocab_size(config) -> None:
+    """Give a text backbone the DataModule's ``vocab_size`` so the two cannot disagree."""
+    data_args = config.get("data", {}).get("init_args") if config.get("data") else None
+    model = config.get("model")
+    backbone = model.get("init_args", {}).get("backbone") if model is not None else None
+    if data_args is None or backbone is None or not hasattr(backbone, "get"):
+        return
+    backbone_args = backbone.get("init_args")
+    if data_args.get("vocab_size") is not None and backbone_args is not None and "vocab_size" in backbone_args:
+        backbone_args["vocab_size"] = data_args["vocab_size"]
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``lightning-prune`` console script."""
+    try:
+        LightningPruneCLI(args=args)
+    except DataSourceError as err:
+        print(f"lightning-prune: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The IMDB reference network: embedding, a multi-layer LSTM over packed sequences, and a linear classifier."""
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+
+PAD_INDEX = 0
+
+
+class LSTMClassifier(nn.Module):
+    """Embedding (padding index 0) -> batch-first LSTM over packed sequences -> fc on the last layer's final state.
+
+    Args:
+        vocab_size: Rows of the embedding table; token ids must be below it.
+        embed_dim: Embedding width.
+        hidden_size: LSTM hidden units per layer.
+        num_layers: Stacked LSTM layers.
+        num_classes: Number of output classes.
+        dropout: Dropout between LSTM layers and before the classifier.
+
+    Example:
+        >>> model = LSTMClassifier(vocab_size=100, embed_dim=8, hidden_size=16)
+        >>> tokens = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
+        >>> model(tokens).shape
+        torch.Size([2, 2])
+        >>> torch.allclose(model.eval()(tokens), model(tokens, torch.tensor([3, 2])))
+        True
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 20000,
+        embed_dim: int = 128,
+        hidden_size: int = 256,
+        num_layers: int = 2,
+        num_classes: int = 2,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD_INDEX)
+        self.lstm = nn.LSTM(
+            embed_dim, hidden_size, num_layers=num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(hidden_size, num_classes)
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        if lengths is None:
+            lengths = (tokens != PAD_INDEX).sum(dim=1)
+        # an all-padding row would be an empty sequence, which packing rejects
+        lengths = lengths.clamp(min=1).cpu()
+        packed = pack_padded_sequence(self.embedding(tokens), lengths, batch_first=True, enforce_sorted=False)
+        _, (hidden, _) = self.lstm(packed)
+        return self.fc(self.dropout(hidden[-1]))

@@ -1,0 +1,127 @@
+"""The ``lightning-prune`` CLI: every task config runs, subcommands work, configs round-trip, W&B never prompts."""
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wandb
+import yaml
+
+from lightning_prune.cli import LightningPruneCLI, main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TASKS = {"mnist_cnn": "tiny_mnist", "cifar10_resnet18": "tiny_cifar10", "imdb_lstm": "tiny_imdb"}
+
+
+def task_args(task: str, data_dir: Path, *extra: str) -> list[str]:
+    return [
+        "--config",
+        str(CONFIGS / f"{task}.yaml"),
+        "--data.data_dir",
+        str(data_dir),
+        "--data.val_size",
+        "16",
+        *extra,
+    ]
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_dir(tmp_path, monkeypatch):
+    # the configs write runs/ relative to the working directory
+    monkeypatch.chdir(tmp_path)
+    yield
+    wandb.finish()
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_each_task_config_fits(task, request):
+    data_dir = request.getfixturevalue(TASKS[task])
+    cli = LightningPruneCLI(args=["fit", *task_args(task, data_dir, "--trainer.fast_dev_run", "true")])
+    assert cli.trainer.state.finished
+    assert cli.trainer.global_step == 1
+
+
+def test_imdb_model_vocabulary_follows_the_data(tiny_imdb):
+    args = task_args("imdb_lstm", tiny_imdb, "--data.vocab_size", "64", "--trainer.fast_dev_run", "true")
+    cli = LightningPruneCLI(args=["fit", *args])
+    assert cli.model.backbone.embedding.num_embeddings == 64
+
+
+@pytest.mark.parametrize("subcommand", ["validate", "test", "predict"])
+def test_other_subcommands_run(subcommand, tiny_mnist):
+    cli = LightningPruneCLI(args=[subcommand, *task_args("mnist_cnn", tiny_mnist, "--trainer.fast_dev_run", "true")])
+    assert cli.trainer.state.finished
+
+
+def test_print_config_round_trips(tiny_mnist, tmp_path, capsys):
+    args = task_args("mnist_cnn", tiny_mnist, "--trainer.max_epochs", "3")
+    with pytest.raises(SystemExit):
+        main(["fit", *args, "--print_config"])
+    printed = capsys.readouterr().out
+    dumped = tmp_path / "dumped.yaml"
+    dumped.write_text(printed)
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(dumped), "--print_config"])
+    assert yaml.safe_load(capsys.readouterr().out) == yaml.safe_load(printed)
+    assert yaml.safe_load(printed)["trainer"]["max_epochs"] == 3
+    cli = LightningPruneCLI(args=["fit", "--config", str(dumped), "--trainer.fast_dev_run", "true"])
+    assert cli.trainer.state.finished
+
+
+def test_plan_hyperparameters_are_in_the_configs():
+    for task in TASKS:
+        config = yaml.safe_load((CONFIGS / f"{task}.yaml").read_text())
+        assert config["trainer"]["max_epochs"] == 50
+        assert config["model"]["init_args"]["lr"] == 0.001
+        assert config["data"]["init_args"]["batch_size"] == 64
+        callbacks = {c["class_path"].rsplit(".", 1)[-1]: c for c in config["trainer"]["callbacks"]}
+        assert callbacks["ModelCheckpoint"]["init_args"]["monitor"] == "val_acc"
+        assert "RichProgressBar" in callbacks
+
+
+def test_wandb_falls_back_to_offline_without_a_key_and_says_where(tiny_mnist, tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    extra = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1"]
+    with caplog.at_level(logging.INFO):
+        main(["fit", *task_args("mnist_cnn", tiny_mnist, *extra)])
+    messages = caplog.text
+    assert "W&B is logging offline because no W&B API key is configured" in messages
+    assert "wandb sync" in messages
+    offline_runs = list((tmp_path / "runs/mnist_cnn/wandb").glob("offline-run-*"))
+    assert len(offline_runs) == 1
+    run_dirs = list((tmp_path / "runs/mnist_cnn/lightning-prune").iterdir())
+    assert len(run_dirs) == 1
+    assert (run_dirs[0] / "config.yaml").is_file()
+    assert list((run_dirs[0] / "checkpoints").glob("*.ckpt"))
+    assert f"Run directory: {Path('runs/mnist_cnn/lightning-prune') / run_dirs[0].name}" in messages
+
+
+def test_bad_data_dir_is_a_one_line_error_not_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIGS / "mnist_cnn.yaml"),
+                "--data.data_dir",
+                str(tmp_path / "missing"),
+                "--trainer.fast_dev_run",
+                "true",
+            ]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "Traceback" not in err
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "lightning-prune"), "--help"], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    for subcommand in ("fit", "validate", "test", "predict"):
+        assert subcommand in result.stdout
