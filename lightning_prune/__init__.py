@@ -1,7 +1,14 @@
 """lightning-prune: prune neural networks while they train, with PyTorch Lightning."""
 
+from lightning_prune.callback import RealTimePruningCallback
 from lightning_prune.data import CIFAR10DataModule, IMDBDataModule, MNISTDataModule
 from lightning_prune.models import ClassificationModule
 
-__all__ = ["CIFAR10DataModule", "ClassificationModule", "IMDBDataModule", "MNISTDataModule"]
+__all__ = [
+    "CIFAR10DataModule",
+    "ClassificationModule",
+    "IMDBDataModule",
+    "MNISTDataModule",
+    "RealTimePruningCallback",
+]
 __version__ = "0.1.0"

@@ -12,6 +12,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_prune.callback import RealTimePruningCallback
 from lightning_prune.data.hub import DataSourceError
 
 WANDB_OFFLINE_MODES = ("offline", "dryrun", "disabled")
@@ -97,9 +98,20 @@ class LightningPruneCLI(LightningCLI):
         kwargs.setdefault("auto_configure_optimizers", True)
         super().__init__(*args, **kwargs)
 
+    def add_arguments_to_parser(self, parser) -> None:
+        # a group of its own (not trainer.callbacks) so that `--config prune.yaml` adds to a task config's callbacks
+        # instead of replacing the list
+        parser.add_lightning_class_args(RealTimePruningCallback, "pruning", subclass_mode=True, required=False)
+
+    def instantiate_trainer(self, **kwargs) -> Trainer:
+        extra = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        return self._instantiate_trainer(trainer_config, [callback for callback in extra if callback is not None])
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(str(self.subcommand), self.config)
         link_vocab_size(config)
+        tag_wandb_run(config)
         self.wandb_offline_reason = choose_wandb_mode()
 
     def before_fit(self) -> None:
@@ -126,6 +138,16 @@ class LightningPruneCLI(LightningCLI):
             return
         run_dir = Path(loggers[0].experiment.dir).parent
         rank_zero_info(f"W&B offline run: {run_dir}. Upload it later with: wandb sync {run_dir}")
+
+
+def tag_wandb_run(config) -> None:
+    """Tag a W&B run ``pruned`` or ``unpruned`` (unless tags are set) so the dashboard can split the two."""
+    logger = config.get("trainer", {}).get("logger")
+    if not hasattr(logger, "get") or not str(logger.get("class_path", "")).endswith("WandbLogger"):
+        return
+    init_args = logger.get("init_args")
+    if init_args is not None and init_args.get("tags") is None:
+        init_args["tags"] = ["pruned" if config.get("pruning") else "unpruned"]
 
 
 def link_vocab_size(config) -> None:

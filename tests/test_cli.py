@@ -33,6 +33,8 @@ def in_tmp_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     yield
     wandb.finish()
+    # W&B's service process resolves relative paths against its own working directory: start a fresh one
+    wandb.teardown()
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -125,3 +127,25 @@ def test_console_script_is_installed():
     assert result.returncode == 0, result.stderr
     for subcommand in ("fit", "validate", "test", "predict"):
         assert subcommand in result.stdout
+
+
+def test_pruned_run_logs_pruning_curves_to_wandb_and_its_saved_config_reloads(tiny_mnist, tmp_path):
+    extra = ["--config", str(CONFIGS / "prune.yaml"), "--pruning.target_sparsity", "0.5", "--trainer.max_epochs", "2",
+             "--trainer.limit_train_batches", "3", "--trainer.limit_val_batches", "1"]  # fmt: skip
+    cli = LightningPruneCLI(args=["fit", *task_args("mnist_cnn", tiny_mnist, *extra)])
+    pruning = next(cb for cb in cli.trainer.callbacks if cb.__class__.__name__ == "RealTimePruningCallback")
+    assert len(pruning.history) == 2 and pruning.sparsity > 0
+    # prune.yaml adds the callback without replacing the task's own callbacks
+    names = {type(cb).__name__ for cb in cli.trainer.callbacks}
+    assert {"ModelCheckpoint", "RichProgressBar", "RealTimePruningCallback"} <= names
+    assert cli.trainer.logger.experiment.tags == ("pruned",)
+    wandb.finish()
+    # the offline run file holds each logged key once per logged row (protobuf keeps the names as plain text)
+    run_file = next((tmp_path / "runs/mnist_cnn/wandb").glob("offline-run-*/run-*.wandb")).read_bytes()
+    for key in ("pruning/sparsity", "pruning/ratio", "pruning/params_nonzero", "pruning/action", "grad_norm/total"):
+        assert run_file.count(key.encode()) >= 2, key
+    saved = next((tmp_path / "runs/mnist_cnn/lightning-prune").glob("*/config.yaml"))
+    assert yaml.safe_load(saved.read_text())["pruning"]["init_args"]["target_sparsity"] == 0.5
+    again = LightningPruneCLI(args=["fit", "--config", str(saved), "--trainer.fast_dev_run", "true"])
+    reloaded = next(cb for cb in again.trainer.callbacks if cb.__class__.__name__ == "RealTimePruningCallback")
+    assert reloaded.target_sparsity == 0.5

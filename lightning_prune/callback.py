@@ -1,0 +1,394 @@
+"""RealTimePruningCallback: prunes while the model trains, paced by the logged loss and the gradients.
+
+The callback is thin: it wires Lightning's hooks to the saliency (importance.py), the pacing (controller.py) and the
+masks (masks.py), keeps their state in checkpoints, and logs what it did.
+"""
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from lightning_prune.controller import Action, Decision, RatioController
+from lightning_prune.importance import IMPORTANCE_METHODS, Saliency
+from lightning_prune.masks import PruningMasks, prunable_weights
+
+MODES = ("unstructured", "structured")
+INTERVAL_UNITS = ("epoch", "step")
+# the default end of the pruning window, as a fraction of max_epochs: the rest of the run recovers accuracy
+DEFAULT_END_FRACTION = 0.8
+
+
+class RealTimePruningCallback(Callback):
+    r"""Prune a network during training, adapting the pace to the monitored loss and the gradient norm.
+
+    Every optimizer step it accumulates the weights' saliency from the gradients (no extra forward pass) and keeps
+    cut weights at exactly zero. Every ``interval`` epochs (or steps) it reads ``monitor`` from the logged metrics,
+    lets the controller choose to prune faster, slower, undo the last cut or pause, and cuts the least salient
+    ``ratio`` of the remaining prunable weights, globally across layers.
+
+    Args:
+        mode: ``"unstructured"`` (single weights) or ``"structured"`` (whole channels / hidden units).
+        importance: ``"taylor"`` (running ``|w*grad|``), ``"gradient"`` (running ``|grad|``) or ``"magnitude"``.
+        target_sparsity: Fraction of prunable weights to remove by ``end_epoch``, in [0, 1); None adapts under the
+            loss guard only.
+        initial_ratio: The first cut, as a fraction of the remaining weights, in (0, 1].
+        min_ratio: Lower bound of the ratio, in [0, 1].
+        max_ratio: Upper bound of the ratio, in [0, 1], at least ``min_ratio``.
+        growth: Ratio multiplier while the loss holds, >= 1.
+        shrink: Ratio multiplier when the loss rises, in (0, 1].
+        interval: Prune every this many epochs or optimizer steps, >= 1.
+        interval_unit: ``"epoch"`` or ``"step"``.
+        start_epoch: First epoch (0-based) at whose intervals pruning may happen.
+        end_epoch: Pruning happens before this epoch; default 80% of ``max_epochs``.
+        monitor: The logged metric that paces pruning (the module's epoch-mean training loss by default).
+        loss_tolerance: Relative rise of ``monitor`` still counted as "the loss held", >= 0.
+        rollback: Undo the last cut when the loss rises by more than ``rollback_tolerance``.
+        rollback_tolerance: Relative rise that triggers a rollback, >= 0.
+        cooldown: Intervals to pause after a rollback, >= 0.
+        min_layer_density: No weight tensor keeps fewer than this fraction of its entries, in [0, 1].
+        parameters: Glob patterns of parameter names to prune instead of the default choice (Conv/Linear/LSTM/GRU
+            weights but the final classifier).
+        exclude: Glob patterns of parameter names never to prune.
+        saliency_beta: Per-step smoothing of the running saliency, in [0, 1).
+        grad_damping: The ratio is scaled down when the gradient norm exceeds this multiple of its mean, >= 1.
+        log_layers: Also log each weight's sparsity as ``pruning/layer/<name>``.
+        verbose: Print each interval's decision.
+
+    Raises:
+        ValueError: A setting outside its range, named with the range.
+
+    Example:
+        >>> import lightning as L
+        >>> pruning = RealTimePruningCallback(target_sparsity=0.9)
+        >>> trainer = L.Trainer(callbacks=[pruning], max_epochs=10, logger=False, enable_checkpointing=False)
+        >>> pruning.sparsity, pruning.ratio
+        (0.0, 0.01)
+        >>> RealTimePruningCallback(growth=0.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: `growth` must be in [1, inf], got 0.5
+    """
+
+    def __init__(
+        self,
+        mode: str = "unstructured",
+        importance: str = "taylor",
+        target_sparsity: float | None = None,
+        initial_ratio: float = 0.01,
+        min_ratio: float = 0.0,
+        max_ratio: float = 0.5,
+        growth: float = 1.5,
+        shrink: float = 0.5,
+        interval: int = 1,
+        interval_unit: str = "epoch",
+        start_epoch: int = 0,
+        end_epoch: int | None = None,
+        monitor: str = "train_loss",
+        loss_tolerance: float = 0.02,
+        rollback: bool = True,
+        rollback_tolerance: float = 0.10,
+        cooldown: int = 1,
+        min_layer_density: float = 0.02,
+        parameters: list[str] | None = None,
+        exclude: list[str] | None = None,
+        saliency_beta: float = 0.99,
+        grad_damping: float = 2.0,
+        log_layers: bool = False,
+        verbose: bool = False,
+    ) -> None:
+        _check_choice("mode", mode, MODES)
+        _check_choice("importance", importance, IMPORTANCE_METHODS)
+        _check_choice("interval_unit", interval_unit, INTERVAL_UNITS)
+        if mode == "structured":
+            raise NotImplementedError("mode='structured' is not available yet; use mode='unstructured'")
+        _check_int("interval", interval, 1)
+        _check_int("start_epoch", start_epoch, 0)
+        if end_epoch is not None:
+            _check_int("end_epoch", end_epoch, start_epoch + 1)
+        if not 0 <= min_layer_density <= 1:
+            raise ValueError(f"`min_layer_density` must be in [0, 1], got {min_layer_density!r}")
+        if not isinstance(monitor, str) or not monitor:
+            raise ValueError(f"`monitor` must be the name of a logged metric, got {monitor!r}")
+        if not 0 <= saliency_beta < 1:
+            raise ValueError(f"`saliency_beta` must be in [0, 1), got {saliency_beta!r}")
+        for name, patterns in (("parameters", parameters), ("exclude", exclude)):
+            if patterns is not None and (isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns)):
+                raise ValueError(f"`{name}` must be a list of glob patterns (strings), got {patterns!r}")
+        self.controller = RatioController(
+            initial_ratio=initial_ratio, min_ratio=min_ratio, max_ratio=max_ratio, growth=growth, shrink=shrink,
+            loss_tolerance=loss_tolerance, rollback=rollback, rollback_tolerance=rollback_tolerance,
+            cooldown=cooldown, target_sparsity=target_sparsity, grad_damping=grad_damping,
+        )  # fmt: skip
+        self.mode = mode
+        self.importance = importance
+        self.target_sparsity = target_sparsity
+        self.interval = interval
+        self.interval_unit = interval_unit
+        self.start_epoch = start_epoch
+        self.end_epoch = end_epoch
+        self.monitor = monitor
+        self.min_layer_density = min_layer_density
+        self.parameters = list(parameters) if parameters is not None else None
+        self.exclude = list(exclude) if exclude is not None else None
+        self.saliency_beta = saliency_beta
+        self.log_layers = log_layers
+        self.verbose = verbose
+
+        self.history: list[dict[str, Any]] = []
+        self.masks: PruningMasks | None = None
+        self.saliency: Saliency | None = None
+        self._pending_state: dict[str, Any] | None = None
+        self._grad_norm_sum: torch.Tensor | None = None
+        self._grad_norm_steps = 0
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_steps = 0
+        self._done = False
+
+    # -- public read-outs -----------------------------------------------------------------------------------------
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            mode=self.mode, monitor=self.monitor, parameters=self.parameters, exclude=self.exclude
+        )
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the prunable weights that are exactly zero now (0.0 before the fit starts)."""
+        return self.masks.sparsity() if self.masks is not None else 0.0
+
+    @property
+    def ratio(self) -> float:
+        """The controller's current ratio: the fraction of remaining weights the next cut starts from."""
+        return self.controller.ratio
+
+    # -- setup ---------------------------------------------------------------------------------------------------
+
+    def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        if stage != "fit" or self.masks is not None:
+            return
+        weights = prunable_weights(pl_module, self.parameters, self.exclude)
+        self.masks = PruningMasks(weights)
+        self.saliency = Saliency(weights, self.importance, self.saliency_beta)
+        if self._pending_state is not None:
+            self._restore(self._pending_state)
+            self._pending_state = None
+
+    def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if self.end_epoch is None:
+            max_epochs = trainer.max_epochs
+            if max_epochs is None or max_epochs < 0:
+                raise ValueError(
+                    "RealTimePruningCallback needs `end_epoch` when the Trainer has no `max_epochs` "
+                    f"(got max_epochs={max_epochs})"
+                )
+            self.end_epoch = max(self.start_epoch + 1, int(DEFAULT_END_FRACTION * max_epochs))
+        if self.verbose:
+            rank_zero_info(
+                f"RealTimePruningCallback: pruning {len(self.masks.weights)} weight tensors "
+                f"({self.masks.num_weights:,} weights), epochs [{self.start_epoch}, {self.end_epoch})"
+            )
+
+    # -- per step: cheap, in place --------------------------------------------------------------------------------
+
+    def on_before_optimizer_step(
+        self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer
+    ) -> None:
+        # gradients here are final: unscaled under AMP, all-reduced under DDP
+        self.masks.mask_gradients()
+        if not self._done and self._in_window(trainer.current_epoch):
+            self.saliency.update()
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        if grads:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            self._grad_norm_sum = norm.detach() if self._grad_norm_sum is None else self._grad_norm_sum + norm
+            self._grad_norm_steps += 1
+
+    def on_train_batch_end(
+        self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self.masks.apply()
+        if self.interval_unit != "step":
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        if value is not None:
+            self._loss_sum = value.detach() if self._loss_sum is None else self._loss_sum + value.detach()
+            self._loss_steps += 1
+        step = trainer.global_step
+        if step > 0 and step % self.interval == 0 and step != self._last_interval_step():
+            self._run_interval(trainer, pl_module)
+
+    # -- per interval ---------------------------------------------------------------------------------------------
+
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if self.interval_unit == "epoch" and (trainer.current_epoch + 1) % self.interval == 0:
+            self._run_interval(trainer, pl_module)
+
+    def _run_interval(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        epoch = trainer.current_epoch
+        loss = self._synchronised_loss(trainer)
+        grad_norm = self._interval_grad_norm(trainer)
+        sparsity_before = self.masks.sparsity()
+        if self._done:
+            decision = Decision(Action.DONE, 0.0, "done")
+        elif epoch < self.start_epoch:
+            decision = Decision(Action.PAUSE, 0.0, f"waiting for start_epoch={self.start_epoch}")
+        else:
+            decision = self.controller.step(
+                loss, grad_norm, sparsity_before, self._intervals_left(trainer), 1 / self.masks.num_weights
+            )
+            if not math.isfinite(loss):
+                rank_zero_warn(f"RealTimePruningCallback: the monitored `{self.monitor}` is non-finite ({loss}): NaN "
+                               "or infinite losses are never pruned on; pausing this interval.")  # fmt: skip
+        changed = self._act(trainer, decision, sparsity_before)
+        self._done = self._done or decision.action == Action.DONE
+        entry = {
+            "epoch": epoch,
+            "step": trainer.global_step,
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "ratio": decision.ratio,
+            "pruned": changed,
+            "sparsity": self.masks.sparsity(),
+            "action": decision.action.name.lower(),
+            "reason": decision.reason,
+        }
+        self.history.append(entry)
+        self._log(pl_module, entry, decision.action)
+        if self.verbose:
+            rank_zero_info(
+                f"pruning @ epoch {epoch} step {entry['step']}: {entry['action']} ({decision.reason}), "
+                f"ratio {decision.ratio:.4f}, sparsity {entry['sparsity']:.4f}"
+            )
+
+    def _act(self, trainer: "L.Trainer", decision: Decision, sparsity: float) -> int:
+        """Carry out the decision; returns the weights cut (negative: restored)."""
+        masks = self.masks
+        if decision.action == Action.ROLLBACK:
+            changed = -masks.undo_last_cut()
+        elif decision.prunes:
+            count = self._cut_count(decision.ratio, sparsity)
+            selection = masks.select(self.saliency.scores(), count, self.min_layer_density)
+            # under DDP every rank must hold rank 0's masks, bit for bit
+            selection = trainer.strategy.broadcast(selection, src=0)
+            changed = masks.cut(selection, trainer.optimizers)
+        else:
+            return 0
+        masks.refresh()
+        return changed
+
+    def _cut_count(self, ratio: float, sparsity: float) -> int:
+        total = self.masks.num_weights
+        remaining = round((1 - sparsity) * total)
+        count = round(ratio * remaining)
+        if self.target_sparsity is not None:
+            # whole weights: never past the target
+            count = min(count, math.floor(self.target_sparsity * total) - (total - remaining))
+        return max(count, 0)
+
+    # -- signals --------------------------------------------------------------------------------------------------
+
+    def _synchronised_loss(self, trainer: "L.Trainer") -> float:
+        if self.interval_unit == "step" and self._loss_steps:
+            value = self._loss_sum / self._loss_steps
+            self._loss_sum, self._loss_steps = None, 0
+        else:
+            value = trainer.callback_metrics.get(self.monitor)
+        if value is None:
+            available = sorted(trainer.callback_metrics)
+            raise RuntimeError(
+                f"RealTimePruningCallback could not read the monitored metric `{self.monitor}` at the end of the "
+                f"pruning interval. Available metrics: {available}. Log it in your LightningModule with "
+                f"`self.log({self.monitor!r}, loss, on_epoch=True)`, or pass `monitor=` one of the available names."
+            )
+        value = torch.as_tensor(value, dtype=torch.float32, device=trainer.strategy.root_device)
+        # each rank logged its own shard's loss: decide on the mean, identically everywhere
+        return float(trainer.strategy.reduce(value, reduce_op="mean"))
+
+    def _interval_grad_norm(self, trainer: "L.Trainer") -> float | None:
+        if not self._grad_norm_steps:
+            return None
+        mean = self._grad_norm_sum / self._grad_norm_steps
+        self._grad_norm_sum, self._grad_norm_steps = None, 0
+        # identical on every rank after the gradient all-reduce, up to float noise: reduce to be exact
+        return float(trainer.strategy.reduce(mean, reduce_op="mean"))
+
+    def _in_window(self, epoch: int) -> bool:
+        return self.start_epoch <= epoch < (self.end_epoch if self.end_epoch is not None else math.inf)
+
+    def _intervals_left(self, trainer: "L.Trainer") -> int:
+        """Pruning intervals from now to the end of the window, this one included."""
+        epoch = trainer.current_epoch
+        if self.interval_unit == "epoch":
+            return sum(1 for e in range(epoch, self.end_epoch) if (e + 1) % self.interval == 0)
+        if epoch >= self.end_epoch:
+            return 0
+        steps_per_epoch = max(1, trainer.estimated_stepping_batches // max(1, trainer.max_epochs or 1))
+        last_step = self.end_epoch * steps_per_epoch
+        step = trainer.global_step
+        return max(0, last_step // self.interval - (step - 1) // self.interval)
+
+    def _last_interval_step(self) -> int:
+        return self.history[-1]["step"] if self.history else -1
+
+    # -- logging --------------------------------------------------------------------------------------------------
+
+    def _log(self, pl_module: "L.LightningModule", entry: dict[str, Any], action: Action) -> None:
+        per_step = self.interval_unit == "step"
+        params = list(pl_module.parameters())
+        with torch.no_grad():
+            nonzero = sum(int(p.count_nonzero()) for p in params)
+        metrics = {
+            "pruning/sparsity": entry["sparsity"],
+            "pruning/ratio": entry["ratio"],
+            "pruning/params_nonzero": float(nonzero),
+            "pruning/params_total": float(sum(p.numel() for p in params)),
+            "pruning/action": float(action),
+        }
+        if entry["grad_norm"] is not None:
+            metrics["grad_norm/total"] = entry["grad_norm"]
+        if self.log_layers:
+            for name, value in self.masks.layer_sparsity().items():
+                metrics[f"pruning/layer/{name}"] = value
+        for name, value in metrics.items():
+            pl_module.log(name, value, on_step=per_step, on_epoch=not per_step, sync_dist=False)
+
+    # -- persistence ----------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        state = {"controller": self.controller.state_dict(), "history": list(self.history), "done": self._done,
+                 "end_epoch": self.end_epoch}  # fmt: skip
+        if self.masks is not None:
+            state["masks"] = self.masks.state_dict()
+            state["saliency"] = self.saliency.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.masks is None:
+            # Lightning restores callbacks after setup(); if called earlier, apply the state once the model is known
+            self._pending_state = state_dict
+            return
+        self._restore(state_dict)
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.controller.load_state_dict(state["controller"])
+        self.history = list(state["history"])
+        self._done = state["done"]
+        self.end_epoch = state["end_epoch"] if self.end_epoch is None else self.end_epoch
+        if "masks" in state:
+            self.masks.load_state_dict(state["masks"])
+            self.saliency.load_state_dict(state["saliency"])
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")

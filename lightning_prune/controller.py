@@ -1,0 +1,248 @@
+"""The adaptive pruning-ratio controller: pure Python, no torch. Signals in, the next action and ratio out.
+
+Each pruning interval the controller sees the monitored loss, the mean gradient norm and the current sparsity, and
+decides what to do with the ``ratio`` (the fraction of the *remaining* prunable weights to remove now):
+
+- the loss held (relative change ``<= loss_tolerance``): prune, and grow the ratio by ``growth``;
+- the loss rose: slow down, shrinking the ratio by ``shrink`` (and still prune at that pace);
+- the loss rose beyond ``rollback_tolerance``: undo the last cut, shrink, and pause for ``cooldown`` intervals;
+- the loss is NaN or infinite: never prune on it, pause;
+- the gradient norm is far above its running mean: scale the ratio down in proportion;
+- with ``target_sparsity``: a floor keeps the run on time to reach it by the last interval, and no cut overshoots it;
+- the ratio stays in ``[min_ratio, max_ratio]``.
+"""
+
+import math
+from dataclasses import asdict, dataclass, field
+from enum import IntEnum
+from typing import Any
+
+# A loss near zero must not turn noise into huge relative changes.
+MIN_LOSS_SCALE = 1e-3
+# Sparsity within this of the target counts as reached (cuts are whole weights).
+TARGET_EPS = 1e-6
+
+
+class Action(IntEnum):
+    """What an interval did; the value is what ``pruning/action`` logs."""
+
+    PRUNE = 0
+    SLOW_DOWN = 1
+    ROLLBACK = 2
+    PAUSE = 3
+    DONE = 4
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The controller's answer for one interval: ``ratio`` is the fraction of remaining weights to cut now."""
+
+    action: Action
+    ratio: float
+    reason: str
+
+    @property
+    def prunes(self) -> bool:
+        return self.action in (Action.PRUNE, Action.SLOW_DOWN) and self.ratio > 0
+
+
+def _check_range(name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False):
+    lower_ok = value > low if low_open else value >= low
+    upper_ok = value < high if high_open else value <= high
+    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and lower_ok and upper_ok):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ValueError(f"`{name}` must be in {interval}, got {value!r}")
+
+
+def cuts_to_target(sparsity: float, target: float, ratio: float) -> float:
+    """How many cuts of ``ratio`` (of the remaining weights) take ``sparsity`` to ``target``; inf if never."""
+    if sparsity >= target - TARGET_EPS:
+        return 0.0
+    if ratio <= 0:
+        return math.inf
+    if ratio >= 1:
+        return 1.0
+    per_cut = math.log1p(-ratio)
+    if per_cut == 0:  # a ratio too small to move a float
+        return math.inf
+    return math.log((1 - target) / (1 - sparsity)) / per_cut
+
+
+@dataclass
+class RatioController:
+    """Decides, interval by interval, how fast to prune from the monitored loss and the gradient norm.
+
+    Args:
+        initial_ratio: The first ratio (the plan's 0.01: 1% of the remaining weights).
+        min_ratio: Lower bound of the ratio.
+        max_ratio: Upper bound of the ratio.
+        growth: Factor applied to the ratio when the loss held.
+        shrink: Factor applied to the ratio when the loss rose.
+        loss_tolerance: Relative loss rise still counted as "held".
+        rollback: Whether a large loss rise undoes the last cut.
+        rollback_tolerance: Relative loss rise beyond which the last cut is undone.
+        cooldown: Intervals to pause after a rollback.
+        target_sparsity: Sparsity to reach by the last interval; None adapts under the loss guard only.
+        grad_damping: The ratio is damped when the gradient norm exceeds this multiple of its running mean.
+        grad_beta: Smoothing of the gradient norm's running mean (per interval).
+
+    Example:
+        >>> controller = RatioController(initial_ratio=0.1, growth=2.0, shrink=0.5, loss_tolerance=0.02)
+        >>> controller.step(loss=1.0, grad_norm=1.0, sparsity=0.0, intervals_left=10)
+        Decision(action=<Action.PRUNE: 0>, ratio=0.1, reason='first cut')
+        >>> controller.step(loss=0.9, grad_norm=1.0, sparsity=0.1, intervals_left=9).ratio
+        0.2
+        >>> controller.step(loss=0.95, grad_norm=1.0, sparsity=0.28, intervals_left=8).action
+        <Action.SLOW_DOWN: 1>
+    """
+
+    initial_ratio: float = 0.01
+    min_ratio: float = 0.0
+    max_ratio: float = 0.5
+    growth: float = 1.5
+    shrink: float = 0.5
+    loss_tolerance: float = 0.02
+    rollback: bool = True
+    rollback_tolerance: float = 0.10
+    cooldown: int = 1
+    target_sparsity: float | None = None
+    grad_damping: float = 2.0
+    grad_beta: float = 0.5
+    # state
+    ratio: float = field(init=False)
+    reference_loss: float | None = field(default=None, init=False)
+    grad_norm_mean: float | None = field(default=None, init=False)
+    cooldown_left: int = field(default=0, init=False)
+    last_cut_undoable: bool = field(default=False, init=False)
+    loss_before_last_cut: float | None = field(default=None, init=False)
+    sparsity_before_last_cut: float = field(default=0.0, init=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+        self.ratio = min(max(self.initial_ratio, self.min_ratio), self.max_ratio)
+
+    def validate(self) -> None:
+        if self.target_sparsity is not None:
+            _check_range("target_sparsity", self.target_sparsity, 0, 1, high_open=True)
+        _check_range("initial_ratio", self.initial_ratio, 0, 1, low_open=True)
+        _check_range("min_ratio", self.min_ratio, 0, 1)
+        _check_range("max_ratio", self.max_ratio, 0, 1)
+        if self.min_ratio > self.max_ratio:
+            raise ValueError(f"`min_ratio` must be <= `max_ratio`, got {self.min_ratio} > {self.max_ratio}")
+        _check_range("growth", self.growth, 1, math.inf)
+        _check_range("shrink", self.shrink, 0, 1, low_open=True)
+        _check_range("loss_tolerance", self.loss_tolerance, 0, math.inf)
+        _check_range("rollback_tolerance", self.rollback_tolerance, 0, math.inf)
+        if not isinstance(self.cooldown, int) or isinstance(self.cooldown, bool) or self.cooldown < 0:
+            raise ValueError(f"`cooldown` must be an integer >= 0, got {self.cooldown!r}")
+        _check_range("grad_damping", self.grad_damping, 1, math.inf)
+        _check_range("grad_beta", self.grad_beta, 0, 1, high_open=True)
+
+    # -- the decision -------------------------------------------------------------------------------------------
+
+    def step(
+        self, loss: float, grad_norm: float | None, sparsity: float, intervals_left: int, resolution: float = 0.0
+    ) -> Decision:
+        """Decide this interval's action.
+
+        Args:
+            loss: The monitored loss at this interval.
+            grad_norm: Mean total gradient norm over the interval (None or NaN: no damping).
+            sparsity: Fraction of prunable weights that are zero now.
+            intervals_left: Pruning intervals left, this one included (for the target floor).
+            resolution: The smallest possible step of ``sparsity`` (one weight, or one channel): the target counts as
+                reached within it.
+        """
+        target = self.target_sparsity
+        if target is not None and sparsity >= target - max(TARGET_EPS, resolution):
+            self.last_cut_undoable = False
+            return Decision(Action.DONE, 0.0, "target sparsity reached")
+        if intervals_left <= 0:
+            self.last_cut_undoable = False
+            return Decision(Action.DONE, 0.0, "pruning window over")
+        if not math.isfinite(loss):
+            self.last_cut_undoable = False
+            return Decision(Action.PAUSE, 0.0, f"non-finite loss ({loss}): not pruning on it")
+        damping = self._update_grad_norm(grad_norm)
+        if self.cooldown_left > 0:
+            self.cooldown_left -= 1
+            self.reference_loss = loss
+            self.last_cut_undoable = False
+            return Decision(Action.PAUSE, 0.0, "cooling down after a rollback")
+
+        previous = self.reference_loss
+        change = None if previous is None else (loss - previous) / max(abs(previous), MIN_LOSS_SCALE)
+        if change is not None and change > self.rollback_tolerance and self._may_roll_back(sparsity, intervals_left):
+            self.ratio = max(self.ratio * self.shrink, self.min_ratio)
+            self.cooldown_left = self.cooldown
+            self.last_cut_undoable = False
+            # the weights go back to where they were before the cut, and so does the loss to compare with
+            self.reference_loss = self.loss_before_last_cut
+            return Decision(Action.ROLLBACK, 0.0, f"loss rose {change:+.1%}: undoing the last cut")
+
+        if change is None:
+            action, reason = Action.PRUNE, "first cut"
+        elif change > self.loss_tolerance:
+            self.ratio *= self.shrink
+            action, reason = Action.SLOW_DOWN, f"loss rose {change:+.1%}: slowing down"
+        else:
+            self.ratio *= self.growth
+            action, reason = Action.PRUNE, f"loss held ({change:+.1%}): speeding up"
+        if damping < 1:
+            self.ratio *= damping
+            reason += f"; gradient norm {1 / damping:.1f}x its mean: damped"
+        self.ratio = min(max(self.ratio, self.min_ratio), self.max_ratio)
+        cut = self._cut_ratio(sparsity, intervals_left)
+        self.loss_before_last_cut = loss
+        self.sparsity_before_last_cut = sparsity
+        self.reference_loss = loss
+        self.last_cut_undoable = cut > 0
+        return Decision(action, cut, reason)
+
+    def _update_grad_norm(self, grad_norm: float | None) -> float:
+        """Update the running mean; return the damping factor (1 = none) for this interval."""
+        if grad_norm is None or not math.isfinite(grad_norm) or grad_norm <= 0:
+            return 1.0
+        mean = self.grad_norm_mean
+        damping = 1.0
+        if mean is not None and grad_norm > self.grad_damping * mean:
+            damping = mean / grad_norm
+        self.grad_norm_mean = grad_norm if mean is None else self.grad_beta * mean + (1 - self.grad_beta) * grad_norm
+        return damping
+
+    def _cut_ratio(self, sparsity: float, intervals_left: int) -> float:
+        """The ratio to cut now: the paced ratio, raised to the target floor, never past the target."""
+        cut = self.ratio
+        target = self.target_sparsity
+        if target is None:
+            return cut
+        remaining_fraction = (1 - target) / (1 - sparsity)
+        floor = 1 - remaining_fraction ** (1 / intervals_left)
+        exact = 1 - remaining_fraction
+        # the floor may exceed max_ratio only when the target cannot be reached at max_ratio: then max_ratio wins
+        cut = min(max(cut, min(floor, self.max_ratio)), exact)
+        # the floor sets the pace too: `ratio` is what was cut, unless the cut stopped at the target
+        self.ratio = max(self.ratio, cut)
+        return cut
+
+    def _may_roll_back(self, sparsity: float, intervals_left: int) -> bool:
+        """Rollback is allowed only with an undoable last cut and, with a target, while it stays reachable."""
+        if not self.rollback or not self.last_cut_undoable:
+            return False
+        target = self.target_sparsity
+        if target is None:
+            return True
+        # undoing loses this interval and the cooldown, and takes the sparsity back to before the cut
+        available = intervals_left - 1 - self.cooldown
+        needed = cuts_to_target(self.sparsity_before_last_cut, target, self.max_ratio)
+        return available > 0 and needed <= available + 1e-9
+
+    # -- persistence ----------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+        self.validate()

@@ -1,0 +1,96 @@
+"""Saliency of prunable weights: how much the loss would change if a weight were removed.
+
+- ``"taylor"`` (default): running average of ``|w * grad|``, the first-order Taylor estimate of that change;
+- ``"gradient"``: running average of ``|grad|``;
+- ``"magnitude"``: ``|w|``, read when asked (nothing to accumulate).
+
+The running average is updated once per optimizer step from gradients that already exist, so it costs no extra
+forward or backward pass, and holds one buffer per prunable weight.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+IMPORTANCE_METHODS = ("taylor", "gradient", "magnitude")
+
+
+class Saliency:
+    """Running saliency scores for a set of named weights.
+
+    Args:
+        weights: The prunable weights, by name. Their ``.grad`` is read by :meth:`update`.
+        method: ``"taylor"``, ``"gradient"`` or ``"magnitude"``.
+        beta: Smoothing of the running average per step: ``S = beta * S + (1 - beta) * |w * grad|``.
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+        >>> w.grad = torch.tensor([0.5, 0.5, -4.0])
+        >>> saliency = Saliency({"w": w}, method="taylor", beta=0.0)
+        >>> saliency.update()
+        >>> saliency.scores()["w"]
+        tensor([0.5000, 1.0000, 2.0000])
+        >>> Saliency({"w": w}, method="magnitude").scores()["w"]
+        tensor([1.0000, 2.0000, 0.5000])
+    """
+
+    def __init__(self, weights: Mapping[str, Tensor], method: str = "taylor", beta: float = 0.99) -> None:
+        if method not in IMPORTANCE_METHODS:
+            raise ValueError(f"`importance` must be one of {IMPORTANCE_METHODS}, got {method!r}")
+        if not 0 <= beta < 1:
+            raise ValueError(f"`saliency_beta` must be in [0, 1), got {beta!r}")
+        self.method = method
+        self.beta = beta
+        self.weights = dict(weights)
+        self.updates = 0
+        self.running: dict[str, Tensor] = {}
+        if self.accumulates:
+            self.running = {
+                name: torch.zeros_like(w, memory_format=torch.contiguous_format) for name, w in self.weights.items()
+            }
+
+    @property
+    def accumulates(self) -> bool:
+        return self.method != "magnitude"
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold the current gradients into the running scores (one fused pass per list of tensors)."""
+        if not self.accumulates:
+            return
+        names = [n for n, w in self.weights.items() if w.grad is not None]
+        if not names:
+            return
+        grads = [self.weights[n].grad for n in names]
+        running = [self.running[n] for n in names]
+        if self.method == "taylor":
+            fresh = torch._foreach_mul([self.weights[n] for n in names], grads)
+            torch._foreach_abs_(fresh)
+        else:
+            fresh = torch._foreach_abs(grads)
+        torch._foreach_mul_(running, self.beta)
+        torch._foreach_add_(running, fresh, alpha=1 - self.beta)
+        self.updates += 1
+
+    @torch.no_grad()
+    def scores(self) -> dict[str, Tensor]:
+        """The current scores, one tensor per weight (shaped like it). Before any gradient, ``|w|``."""
+        if not self.accumulates or self.updates == 0:
+            return {name: w.detach().abs() for name, w in self.weights.items()}
+        return self.running
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "updates": self.updates,
+            "running": {k: v.clone() for k, v in self.running.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["method"] != self.method:
+            raise ValueError(f"saved saliency is {state['method']!r}, this callback uses {self.method!r}")
+        self.updates = state["updates"]
+        for name, value in state["running"].items():
+            self.running[name] = value.to(self.weights[name].device)

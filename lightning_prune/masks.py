@@ -1,0 +1,262 @@
+"""Mask bookkeeping for unstructured pruning: select, cut, keep cut weights at zero, undo the last cut.
+
+No forward pre-hooks and no ``weight_orig`` copies: the weights themselves hold the zeros. What keeps them at zero is
+cheap and explicit: the gradients of cut weights are zeroed before each optimizer step (so momentum-based optimizers
+cannot move them), the masks are re-applied after it, and the optimizer's per-weight state is zeroed at the cut.
+"""
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatch
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+class PruningMasks:
+    """Masks over a set of named weights; ``True`` marks a weight that was cut.
+
+    Args:
+        weights: The prunable weights, by name.
+
+    Example:
+        >>> w = torch.nn.Parameter(torch.tensor([[0.1, 0.9], [0.5, 0.3]]))
+        >>> masks = PruningMasks({"w": w})
+        >>> cut = masks.select({"w": w.detach().abs()}, count=2, min_layer_density=0.0)
+        >>> masks.cut(cut)
+        2
+        >>> w.data
+        tensor([[0.0000, 0.9000],
+                [0.5000, 0.0000]])
+        >>> masks.sparsity()
+        0.5
+        >>> masks.undo_last_cut()
+        2
+        >>> w.data
+        tensor([[0.1000, 0.9000],
+                [0.5000, 0.3000]])
+    """
+
+    def __init__(self, weights: Mapping[str, Tensor]) -> None:
+        self.weights = dict(weights)
+        self.pruned = {name: torch.zeros_like(w, dtype=torch.bool) for name, w in self.weights.items()}
+        # flat indices and values of the last cut, per weight, so that a rollback can restore them exactly
+        self.last_cut: dict[str, tuple[Tensor, Tensor]] = {}
+        self._active: list[str] = []
+
+    # -- counting, from the weights themselves ---------------------------------------------------------------------
+
+    @property
+    def num_weights(self) -> int:
+        return sum(w.numel() for w in self.weights.values())
+
+    @torch.no_grad()
+    def num_zeros(self) -> int:
+        return int(sum(int((w == 0).sum()) for w in self.weights.values()))
+
+    def sparsity(self) -> float:
+        """Fraction of the prunable weights that are exactly zero."""
+        return self.num_zeros() / self.num_weights
+
+    @torch.no_grad()
+    def layer_sparsity(self) -> dict[str, float]:
+        return {name: float((w == 0).sum()) / w.numel() for name, w in self.weights.items()}
+
+    # -- selection -----------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def select(self, scores: Mapping[str, Tensor], count: int, min_layer_density: float) -> dict[str, Tensor]:
+        """Choose ``count`` remaining weights with the lowest saliency, globally across weights.
+
+        Scores are divided by each weight's mean remaining score first, so layers of different scale compete fairly,
+        and no weight tensor is left with fewer than ``ceil(min_layer_density * numel)`` remaining entries.
+
+        Returns:
+            Flat indices to cut, per weight name (only weights that lose something).
+        """
+        names, candidates, positions = [], [], []
+        for name, w in self.weights.items():
+            remaining = (~self.pruned[name]).view(-1).nonzero().squeeze(1)
+            removable = remaining.numel() - math.ceil(min_layer_density * w.numel())
+            if removable <= 0:
+                continue
+            score = scores[name].reshape(-1)[remaining].float()
+            scale = score.mean()
+            score = score / scale if scale > 0 else torch.zeros_like(score)
+            if removable < remaining.numel():
+                # protect the layer's most salient survivors: they cannot be chosen
+                protected = torch.topk(score, remaining.numel() - removable).indices
+                score[protected] = math.inf
+            names.append(name)
+            candidates.append(score)
+            positions.append(remaining)
+        if not candidates or count <= 0:
+            return {}
+        everything = torch.cat([c.to(candidates[0].device) for c in candidates])
+        count = min(count, int(torch.isfinite(everything).sum()))
+        if count == 0:
+            return {}
+        chosen = _lowest(everything, count)
+        selection, offset = {}, 0
+        for name, score, remaining in zip(names, candidates, positions, strict=True):
+            picked = chosen[offset : offset + score.numel()].to(remaining.device)
+            offset += score.numel()
+            if picked.any():
+                selection[name] = remaining[picked]
+        return selection
+
+    # -- cutting and keeping cut ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def cut(self, selection: Mapping[str, Tensor], optimizers: Iterable[torch.optim.Optimizer] = ()) -> int:
+        """Zero the selected weights, mark them cut, remember them for :meth:`undo_last_cut`, and zero their
+        optimizer state (Adam's moments would otherwise pull them back). Returns how many were cut."""
+        self.last_cut = {}
+        total = 0
+        for name, indices in selection.items():
+            w = self.weights[name]
+            flat = w.view(-1)
+            self.last_cut[name] = (indices.clone(), flat[indices].clone())
+            flat[indices] = 0
+            self.pruned[name].view(-1)[indices] = True
+            total += indices.numel()
+        self.zero_optimizer_state(optimizers, selection)
+        return total
+
+    @torch.no_grad()
+    def undo_last_cut(self) -> int:
+        """Restore the weights removed by the last cut to their saved values. Returns how many came back."""
+        restored = 0
+        for name, (indices, values) in self.last_cut.items():
+            self.weights[name].view(-1)[indices] = values.to(self.weights[name].device)
+            self.pruned[name].view(-1)[indices] = False
+            restored += indices.numel()
+        self.last_cut = {}
+        return restored
+
+    @torch.no_grad()
+    def zero_optimizer_state(self, optimizers: Iterable[torch.optim.Optimizer], selection: Mapping[str, Tensor]):
+        for optimizer in optimizers:
+            for name, indices in selection.items():
+                w = self.weights[name]
+                for value in optimizer.state.get(w, {}).values():
+                    if torch.is_tensor(value) and value.shape == w.shape:
+                        value.view(-1)[indices.to(value.device)] = 0
+
+    @property
+    def any_pruned(self) -> bool:
+        return bool(self._active)
+
+    def refresh(self) -> None:
+        """Recompute which weights have cut entries (the per-step work skips the others)."""
+        self._active = [name for name, p in self.pruned.items() if bool(p.any())]
+
+    @torch.no_grad()
+    def mask_gradients(self) -> None:
+        for name in self._active:
+            grad = self.weights[name].grad
+            if grad is not None:
+                grad.masked_fill_(self.pruned[name], 0)
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for name in self._active:
+            self.weights[name].masked_fill_(self.pruned[name], 0)
+
+    # -- persistence ----------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "pruned": {name: p.clone() for name, p in self.pruned.items()},
+            "last_cut": {name: (i.clone(), v.clone()) for name, (i, v) in self.last_cut.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        missing = set(self.pruned) - set(state["pruned"])
+        unexpected = set(state["pruned"]) - set(self.pruned)
+        if missing or unexpected:
+            raise KeyError(
+                f"the saved masks do not fit this model: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+            )
+        for name, pruned in state["pruned"].items():
+            if pruned.shape != self.pruned[name].shape:
+                raise ValueError(
+                    f"saved mask {name!r} has shape {tuple(pruned.shape)}, the weight {tuple(self.pruned[name].shape)}"
+                )
+            self.pruned[name] = pruned.to(self.weights[name].device)
+        self.last_cut = {name: (i, v) for name, (i, v) in state["last_cut"].items()}
+        self.refresh()
+        self.apply()
+
+
+def _lowest(scores: Tensor, count: int) -> Tensor:
+    """Boolean mask of exactly ``count`` lowest entries (ties broken by position), in O(n)."""
+    threshold = torch.kthvalue(scores, count).values
+    below = scores < threshold
+    ties = (scores == threshold).nonzero().squeeze(1)
+    below[ties[: count - int(below.sum())]] = True
+    return below
+
+
+PRUNABLE_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+RECURRENT_WEIGHTS = ("weight_ih_l", "weight_hh_l")
+
+
+def prunable_weights(
+    model: nn.Module, parameters: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+) -> dict[str, nn.Parameter]:
+    """The weights to prune, by parameter name.
+
+    By default: the weights of Conv1d/2d/3d and Linear layers and every ``weight_ih_l*`` / ``weight_hh_l*`` of
+    LSTM/GRU/RNN layers, without the final classifier (the last nn.Linear in module order), biases or embeddings.
+    ``parameters`` (glob patterns over parameter names) replaces that choice; ``exclude`` patterns remove from it.
+
+    Example:
+        >>> from lightning_prune.models import LSTMClassifier
+        >>> list(prunable_weights(LSTMClassifier(vocab_size=10, embed_dim=4, hidden_size=4)))
+        ['lstm.weight_ih_l0', 'lstm.weight_hh_l0', 'lstm.weight_ih_l1', 'lstm.weight_hh_l1']
+        >>> list(prunable_weights(nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1)), exclude=["0.*"]))
+        Traceback (most recent call last):
+        ...
+        ValueError: RealTimePruningCallback found nothing to prune ...
+    """
+    if parameters is None:
+        chosen = _default_prunable(model)
+    else:
+        named = dict(model.named_parameters())
+        unmatched = [pattern for pattern in parameters if not any(fnmatch(n, pattern) for n in named)]
+        if unmatched:
+            raise ValueError(
+                f"`parameters` patterns {unmatched} match no parameter of the model; it has {list(named)[:20]}"
+            )
+        chosen = {n: p for n, p in named.items() if any(fnmatch(n, pattern) for pattern in parameters)}
+    if exclude:
+        chosen = {n: p for n, p in chosen.items() if not any(fnmatch(n, pattern) for pattern in exclude)}
+    if not chosen:
+        raise ValueError(
+            "RealTimePruningCallback found nothing to prune in this model: by default it prunes the weights of "
+            "Conv*d and Linear layers (but the last Linear, the classifier) and of LSTM/GRU/RNN layers. "
+            f"Choose weights with `parameters=[...]` (glob patterns over {list(dict(model.named_parameters()))[:10]})."
+        )
+    return chosen
+
+
+def _default_prunable(model: nn.Module) -> dict[str, nn.Parameter]:
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    classifier = linears[-1] if linears else None
+    chosen: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        if isinstance(module, PRUNABLE_LAYERS) and module_name != classifier:
+            candidates = [("weight", module.weight)]
+        elif isinstance(module, nn.RNNBase):
+            candidates = [(n, p) for n, p in module.named_parameters(recurse=False) if n.startswith(RECURRENT_WEIGHTS)]
+        else:
+            continue
+        for name, weight in candidates:
+            if id(weight) not in seen:  # a tied weight is pruned once
+                seen.add(id(weight))
+                chosen[prefix + name] = weight
+    return chosen

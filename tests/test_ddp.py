@@ -1,0 +1,39 @@
+"""Under DDP every rank holds identical masks and history: decisions are synchronised and broadcast."""
+
+import pytest
+import torch
+from helpers import TinyNet, loader, quiet_trainer
+from lightning.pytorch.callbacks import Callback
+
+from lightning_prune import RealTimePruningCallback
+
+
+class SaveRankState(Callback):
+    """ddp_spawn trains in child processes: each rank writes what it holds for the parent to compare."""
+
+    def __init__(self, pruning: RealTimePruningCallback, folder: str) -> None:
+        self.pruning = pruning
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module):
+        state = {"masks": self.pruning.masks.pruned, "history": self.pruning.history,
+                 "weights": {k: v.detach() for k, v in self.pruning.masks.weights.items()}}  # fmt: skip
+        torch.save(state, f"{self.folder}/rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_both_ranks_hold_identical_masks(tmp_path):
+    pruning = RealTimePruningCallback(monitor="objective", target_sparsity=0.6, initial_ratio=0.2)
+    trainer = quiet_trainer(
+        max_epochs=3, accelerator="cpu", devices=2, strategy="ddp_spawn",
+        callbacks=[pruning, SaveRankState(pruning, str(tmp_path))],
+    )  # fmt: skip
+    trainer.fit(TinyNet(), loader(samples=128))
+    rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert rank0["history"] == rank1["history"]
+    assert len(rank0["history"]) == 3 and rank0["history"][-1]["sparsity"] == pytest.approx(0.6, abs=1e-2)
+    for name, mask in rank0["masks"].items():
+        assert mask.any()
+        assert torch.equal(mask, rank1["masks"][name]), name
+        assert (rank1["weights"][name][mask] == 0).all()

@@ -1,0 +1,132 @@
+"""Masks and saliency: what gets pruned, how it is selected, and that cuts stick or are undone exactly."""
+
+import pytest
+import torch
+from torch import nn
+
+from lightning_prune.importance import Saliency
+from lightning_prune.masks import PruningMasks, prunable_weights
+from lightning_prune.models import MNISTCNN, CIFARResNet18, LSTMClassifier
+
+
+def test_default_prunable_weights_of_the_reference_models():
+    assert list(prunable_weights(MNISTCNN())) == ["conv1.weight", "conv2.weight", "fc1.weight"]
+    lstm = prunable_weights(LSTMClassifier(vocab_size=10, embed_dim=4, hidden_size=4))
+    assert list(lstm) == ["lstm.weight_ih_l0", "lstm.weight_hh_l0", "lstm.weight_ih_l1", "lstm.weight_hh_l1"]
+    resnet = prunable_weights(CIFARResNet18())
+    assert "fc.weight" not in resnet and "conv1.weight" in resnet
+    assert "layer2.0.downsample.0.weight" in resnet
+    assert not any(name.endswith("bias") or ".bn" in name for name in resnet)
+    assert len(resnet) == 20  # 1 stem + 16 block convs + 3 downsample convs
+
+
+def test_parameters_and_exclude_patterns_choose_weights():
+    model = MNISTCNN()
+    assert list(prunable_weights(model, parameters=["fc*.weight"])) == ["fc1.weight", "fc2.weight"]
+    assert list(prunable_weights(model, exclude=["conv*"])) == ["fc1.weight"]
+    with pytest.raises(ValueError, match=r"\['nope\*'\] match no parameter"):
+        prunable_weights(model, parameters=["nope*"])
+
+
+def test_a_model_with_nothing_to_prune_is_a_clear_error():
+    with pytest.raises(ValueError, match="found nothing to prune"):
+        prunable_weights(nn.Sequential(nn.Linear(4, 2)))  # its only Linear is the classifier
+
+
+def test_selection_is_global_over_normalised_scores_and_exact_in_count():
+    a = nn.Parameter(torch.ones(10))
+    b = nn.Parameter(torch.ones(10))
+    masks = PruningMasks({"a": a, "b": b})
+    # b's scores are 1000x larger but, normalised per layer, both layers have the same spread
+    scores = {"a": torch.arange(10.0), "b": 1000 * torch.arange(10.0)}
+    selection = masks.select(scores, count=6, min_layer_density=0.0)
+    assert sorted(selection["a"].tolist()) == [0, 1, 2] and sorted(selection["b"].tolist()) == [0, 1, 2]
+    # ties: exactly `count` are chosen
+    assert sum(len(i) for i in masks.select({"a": torch.ones(10), "b": torch.ones(10)}, 7, 0.0).values()) == 7
+
+
+def test_min_layer_density_protects_each_layer():
+    small = nn.Parameter(torch.ones(10))
+    big = nn.Parameter(torch.ones(100))
+    masks = PruningMasks({"small": small, "big": big})
+    scores = {"small": torch.zeros(10), "big": torch.ones(100)}  # small looks useless
+    masks.cut(masks.select(scores, count=50, min_layer_density=0.3))
+    assert int((small == 0).sum()) == 7  # 3 of 10 kept
+    assert int((big == 0).sum()) == 43
+    # asking for more than everything removable cuts only what is allowed
+    masks.cut(masks.select(scores, count=10_000, min_layer_density=0.3))
+    assert int((small != 0).sum()) == 3 and int((big != 0).sum()) == 30
+
+
+def test_cut_zeroes_adam_moments_and_masks_keep_weights_at_zero():
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 8)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        layer(torch.randn(4, 8)).pow(2).sum().backward()
+        optimizer.step()
+    masks = PruningMasks({"weight": layer.weight})
+    selection = masks.select({"weight": layer.weight.detach().abs()}, count=20, min_layer_density=0.0)
+    masks.cut(selection, [optimizer])
+    masks.refresh()
+    cut = masks.pruned["weight"]
+    state = optimizer.state[layer.weight]
+    assert (state["exp_avg"][cut] == 0).all() and (state["exp_avg_sq"][cut] == 0).all()
+    assert (state["exp_avg"][~cut] != 0).any()
+    for _ in range(5):
+        optimizer.zero_grad()
+        layer(torch.randn(4, 8)).pow(2).sum().backward()
+        masks.mask_gradients()
+        optimizer.step()
+        masks.apply()
+        assert (layer.weight[cut] == 0).all()
+    assert masks.sparsity() == pytest.approx(20 / 64)
+
+
+def test_undo_restores_exactly_the_last_cut():
+    w = nn.Parameter(torch.randn(50))
+    original = w.detach().clone()
+    masks = PruningMasks({"w": w})
+    masks.cut(masks.select({"w": w.detach().abs()}, 10, 0.0))
+    after_first = w.detach().clone()
+    masks.cut(masks.select({"w": w.detach().abs()}, 10, 0.0))
+    assert masks.undo_last_cut() == 10
+    assert torch.equal(w.detach(), after_first)
+    assert int(masks.pruned["w"].sum()) == 10
+    assert torch.equal(w.detach()[~masks.pruned["w"]], original[~masks.pruned["w"]])
+
+
+def test_mask_state_round_trip_and_shape_check():
+    w = nn.Parameter(torch.randn(6, 6))
+    masks = PruningMasks({"w": w})
+    masks.cut(masks.select({"w": w.detach().abs()}, 12, 0.0))
+    other_weight = nn.Parameter(torch.randn(6, 6))
+    other = PruningMasks({"w": other_weight})
+    other.load_state_dict(masks.state_dict())
+    assert torch.equal(other.pruned["w"], masks.pruned["w"])
+    assert (other_weight[other.pruned["w"]] == 0).all()
+    with pytest.raises(KeyError, match="missing"):
+        PruningMasks({"v": w}).load_state_dict(masks.state_dict())
+
+
+@pytest.mark.parametrize("method", ["taylor", "gradient"])
+def test_running_saliency_is_an_exponential_average(method):
+    w = nn.Parameter(torch.tensor([2.0, -1.0]))
+    saliency = Saliency({"w": w}, method=method, beta=0.5)
+    expected = torch.zeros(2)
+    for grad in ([1.0, 1.0], [-3.0, 0.0], [0.5, 2.0]):
+        w.grad = torch.tensor(grad)
+        saliency.update()
+        fresh = (w.detach() * w.grad).abs() if method == "taylor" else w.grad.abs()
+        expected = 0.5 * expected + 0.5 * fresh
+    assert torch.allclose(saliency.scores()["w"], expected)
+
+
+def test_magnitude_saliency_reads_the_weights_now():
+    w = nn.Parameter(torch.tensor([3.0, -0.5]))
+    saliency = Saliency({"w": w}, method="magnitude")
+    with torch.no_grad():
+        w.mul_(-2)
+    assert torch.equal(saliency.scores()["w"], torch.tensor([6.0, 1.0]))
+    assert saliency.running == {}  # no buffer: nothing to accumulate
