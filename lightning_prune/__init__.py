@@ -3,6 +3,7 @@
 from lightning_prune.callback import RealTimePruningCallback
 from lightning_prune.data import CIFAR10DataModule, IMDBDataModule, MNISTDataModule
 from lightning_prune.models import ClassificationModule
+from lightning_prune.profiling import profile
 
 __all__ = [
     "CIFAR10DataModule",
@@ -10,5 +11,6 @@ __all__ = [
     "IMDBDataModule",
     "MNISTDataModule",
     "RealTimePruningCallback",
+    "profile",
 ]
 __version__ = "0.1.0"

@@ -12,12 +12,18 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from lightning_prune import structured
 from lightning_prune.controller import Action, Decision, RatioController
 from lightning_prune.importance import IMPORTANCE_METHODS, Saliency
 from lightning_prune.masks import PruningMasks, prunable_weights
+from lightning_prune.profiling import profile
 
 MODES = ("unstructured", "structured")
 INTERVAL_UNITS = ("epoch", "step")
+SHRINK_WHEN = ("during", "end")
+# layers whose parameters structured mode may mask
+STRUCTURED_LAYERS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear, torch.nn.LSTM,
+                     torch.nn.modules.batchnorm._BatchNorm)  # fmt: skip
 # the default end of the pruning window, as a fraction of max_epochs: the rest of the run recovers accuracy
 DEFAULT_END_FRACTION = 0.8
 
@@ -31,7 +37,8 @@ class RealTimePruningCallback(Callback):
     ``ratio`` of the remaining prunable weights, globally across layers.
 
     Args:
-        mode: ``"unstructured"`` (single weights) or ``"structured"`` (whole channels / hidden units).
+        mode: ``"unstructured"`` (single weights) or ``"structured"`` (whole conv channels, fc neurons and LSTM
+            hidden units, with everything coupled to them).
         importance: ``"taylor"`` (running ``|w*grad|``), ``"gradient"`` (running ``|grad|``) or ``"magnitude"``.
         target_sparsity: Fraction of prunable weights to remove by ``end_epoch``, in [0, 1); None adapts under the
             loss guard only.
@@ -55,6 +62,9 @@ class RealTimePruningCallback(Callback):
         exclude: Glob patterns of parameter names never to prune.
         saliency_beta: Per-step smoothing of the running saliency, in [0, 1).
         grad_damping: The ratio is scaled down when the gradient norm exceeds this multiple of its mean, >= 1.
+        shrink_when: Structured mode only: ``"during"`` removes cut channels physically at the next interval (once they
+            can no longer be rolled back), so training gets cheaper as it goes; ``"end"`` keeps them masked and
+            leaves the compaction to :meth:`export`.
         log_layers: Also log each weight's sparsity as ``pruning/layer/<name>``.
         verbose: Print each interval's decision.
 
@@ -97,14 +107,14 @@ class RealTimePruningCallback(Callback):
         exclude: list[str] | None = None,
         saliency_beta: float = 0.99,
         grad_damping: float = 2.0,
+        shrink_when: str = "during",
         log_layers: bool = False,
         verbose: bool = False,
     ) -> None:
         _check_choice("mode", mode, MODES)
         _check_choice("importance", importance, IMPORTANCE_METHODS)
         _check_choice("interval_unit", interval_unit, INTERVAL_UNITS)
-        if mode == "structured":
-            raise NotImplementedError("mode='structured' is not available yet; use mode='unstructured'")
+        _check_choice("shrink_when", shrink_when, SHRINK_WHEN)
         _check_int("interval", interval, 1)
         _check_int("start_epoch", start_epoch, 0)
         if end_epoch is not None:
@@ -135,6 +145,7 @@ class RealTimePruningCallback(Callback):
         self.parameters = list(parameters) if parameters is not None else None
         self.exclude = list(exclude) if exclude is not None else None
         self.saliency_beta = saliency_beta
+        self.shrink_when = shrink_when
         self.log_layers = log_layers
         self.verbose = verbose
 
@@ -147,6 +158,13 @@ class RealTimePruningCallback(Callback):
         self._loss_sum: torch.Tensor | None = None
         self._loss_steps = 0
         self._done = False
+        # what sparsity is measured against: the prunable weights' names and their count before any pruning
+        self._prunable: list[str] = []
+        self._initial_weights = 0
+        # a few samples of the first batch: traced to find channel groups, and kept for export
+        self.example_input: structured.Inputs | None = None
+        self._module: L.LightningModule | None = None
+        self.final_profile: dict[str, float] | None = None
 
     # -- public read-outs -----------------------------------------------------------------------------------------
 
@@ -158,8 +176,24 @@ class RealTimePruningCallback(Callback):
 
     @property
     def sparsity(self) -> float:
-        """Fraction of the prunable weights that are exactly zero now (0.0 before the fit starts)."""
-        return self.masks.sparsity() if self.masks is not None else 0.0
+        """Fraction of the prunable weights that are zero now, or removed (structured): counted from the weights
+        themselves, against their number before pruning. 0.0 before the fit starts."""
+        if self.masks is None or not self._initial_weights:
+            return 0.0
+        return 1 - structured.count_weights(self._prunable_now(), self._prunable) / self._initial_weights
+
+    def _prunable_now(self) -> dict[str, torch.Tensor]:
+        return {name: self.masks.weights[name] for name in self._prunable if name in self.masks.weights}
+
+    def export(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A compact dense copy of ``module`` (the original is untouched) without the channels whose outputs are
+        exactly zero: in structured mode every cut channel, so the copy computes what the pruned model computes.
+
+        The copy is traced with the example input captured from the first training batch (or
+        ``module.example_input_array``).
+        """
+        example = self.example_input if self.example_input is not None else getattr(module, "example_input_array", None)
+        return structured.compact_copy(module, example, self._roots(module))
 
     @property
     def ratio(self) -> float:
@@ -171,12 +205,48 @@ class RealTimePruningCallback(Callback):
     def setup(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         if stage != "fit" or self.masks is not None:
             return
+        if self.mode == "structured" and self.shrink_when == "during" and trainer.world_size > 1:
+            raise ValueError(
+                "mode='structured' with shrink_when='during' rebuilds the model while it trains, which DDP cannot "
+                "follow; use shrink_when='end' (channels masked, compacted by export) under multi-device strategies"
+            )
         weights = prunable_weights(pl_module, self.parameters, self.exclude)
-        self.masks = PruningMasks(weights)
-        self.saliency = Saliency(weights, self.importance, self.saliency_beta)
+        self._prunable = list(weights)
+        self._initial_weights = sum(w.numel() for w in weights.values())
+        self._module = pl_module
+        self._build_state_holders(pl_module)
+        if self.mode == "structured":
+            _resize_before_loading(pl_module)
         if self._pending_state is not None:
             self._restore(self._pending_state)
             self._pending_state = None
+
+    def _build_state_holders(self, pl_module: "L.LightningModule") -> None:
+        """Masks and saliency over the module's current parameters (again after a resize or a shrink)."""
+        if self.mode == "unstructured":
+            prunable = set(self._prunable)
+            weights = {name: p for name, p in pl_module.named_parameters() if name in prunable}
+            self.masks = PruningMasks(weights)
+            self.saliency = Saliency(weights, self.importance, self.saliency_beta)
+            return
+        # structured: a channel's slices live in weights, biases and batch-norm affine parameters
+        owners = {}
+        for module_name, module in pl_module.named_modules():
+            if isinstance(module, STRUCTURED_LAYERS):
+                prefix = f"{module_name}." if module_name else ""
+                owners.update({prefix + n: p for n, p in module.named_parameters(recurse=False)})
+        self.masks = PruningMasks(owners)
+        scored = {n: p for n, p in owners.items() if n.rsplit(".", 1)[-1].startswith("weight") and p.dim() > 1}
+        self.saliency = Saliency(scored, self.importance, self.saliency_beta)
+
+    def _roots(self, module: torch.nn.Module) -> list[str]:
+        """Modules whose output channels may be cut: the owners of the prunable weights."""
+        roots = []
+        for name in self._prunable or list(prunable_weights(module, self.parameters, self.exclude)):
+            owner = name.rsplit(".", 1)[0] if "." in name else ""
+            if owner not in roots:
+                roots.append(owner)
+        return roots
 
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if self.end_epoch is None:
@@ -189,11 +259,17 @@ class RealTimePruningCallback(Callback):
             self.end_epoch = max(self.start_epoch + 1, int(DEFAULT_END_FRACTION * max_epochs))
         if self.verbose:
             rank_zero_info(
-                f"RealTimePruningCallback: pruning {len(self.masks.weights)} weight tensors "
-                f"({self.masks.num_weights:,} weights), epochs [{self.start_epoch}, {self.end_epoch})"
+                f"RealTimePruningCallback ({self.mode}): pruning {len(self._prunable)} weight tensors "
+                f"({self._initial_weights:,} weights), epochs [{self.start_epoch}, {self.end_epoch})"
             )
 
     # -- per step: cheap, in place --------------------------------------------------------------------------------
+
+    def on_train_batch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch: Any, batch_idx: int):
+        if self.example_input is None:
+            self.example_input = structured.as_inputs(batch)
+            if self.example_input is None:
+                self.example_input = getattr(pl_module, "example_input_array", None)
 
     def on_before_optimizer_step(
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer
@@ -232,19 +308,19 @@ class RealTimePruningCallback(Callback):
         epoch = trainer.current_epoch
         loss = self._synchronised_loss(trainer)
         grad_norm = self._interval_grad_norm(trainer)
-        sparsity_before = self.masks.sparsity()
+        sparsity_before = self.sparsity
         if self._done:
             decision = Decision(Action.DONE, 0.0, "done")
         elif epoch < self.start_epoch:
             decision = Decision(Action.PAUSE, 0.0, f"waiting for start_epoch={self.start_epoch}")
         else:
             decision = self.controller.step(
-                loss, grad_norm, sparsity_before, self._intervals_left(trainer), 1 / self.masks.num_weights
+                loss, grad_norm, sparsity_before, self._intervals_left(trainer), self._resolution(pl_module)
             )
             if not math.isfinite(loss):
                 rank_zero_warn(f"RealTimePruningCallback: the monitored `{self.monitor}` is non-finite ({loss}): NaN "
                                "or infinite losses are never pruned on; pausing this interval.")  # fmt: skip
-        changed = self._act(trainer, decision, sparsity_before)
+        changed = self._act(trainer, pl_module, decision, sparsity_before)
         self._done = self._done or decision.action == Action.DONE
         entry = {
             "epoch": epoch,
@@ -253,7 +329,7 @@ class RealTimePruningCallback(Callback):
             "grad_norm": grad_norm,
             "ratio": decision.ratio,
             "pruned": changed,
-            "sparsity": self.masks.sparsity(),
+            "sparsity": self.sparsity,
             "action": decision.action.name.lower(),
             "reason": decision.reason,
         }
@@ -265,30 +341,118 @@ class RealTimePruningCallback(Callback):
                 f"ratio {decision.ratio:.4f}, sparsity {entry['sparsity']:.4f}"
             )
 
-    def _act(self, trainer: "L.Trainer", decision: Decision, sparsity: float) -> int:
+    def _act(self, trainer: "L.Trainer", pl_module: "L.LightningModule", decision: Decision, sparsity: float) -> int:
         """Carry out the decision; returns the weights cut (negative: restored)."""
         masks = self.masks
         if decision.action == Action.ROLLBACK:
             changed = -masks.undo_last_cut()
-        elif decision.prunes:
-            count = self._cut_count(decision.ratio, sparsity)
-            selection = masks.select(self.saliency.scores(), count, self.min_layer_density)
-            # under DDP every rank must hold rank 0's masks, bit for bit
-            selection = trainer.strategy.broadcast(selection, src=0)
-            changed = masks.cut(selection, trainer.optimizers)
-        else:
+            masks.refresh()
+            return changed
+        if self.mode == "structured" and self.shrink_when == "during":
+            # the previous cut survived its interval: now it can go for real
+            self._shrink(trainer, pl_module)
+            masks = self.masks
+        if not decision.prunes:
             return 0
+        count = self._cut_count(decision.ratio, sparsity)
+        if self.mode == "unstructured":
+            selection = masks.select(self.saliency.scores(), count, self.min_layer_density)
+        else:
+            selection = self._select_channels(pl_module, count)
+        # under DDP every rank must hold rank 0's masks, bit for bit
+        selection = trainer.strategy.broadcast(selection, src=0)
+        before = structured.count_weights(self._prunable_now(), self._prunable)
+        masks.cut(selection, trainer.optimizers)
         masks.refresh()
-        return changed
+        return before - structured.count_weights(self._prunable_now(), self._prunable)
+
+    def _groups(self, pl_module: "L.LightningModule"):
+        classifier = structured.last_linear(pl_module)
+        return structured.find_groups(pl_module, self.example_input, self._roots(pl_module), classifier)
+
+    def _select_channels(self, pl_module: "L.LightningModule", count: int) -> dict[str, torch.Tensor]:
+        """Whole channels, lowest group saliency first, holding about ``count`` prunable weights."""
+        groups, _ = self._groups(pl_module)
+        scores = self.saliency.scores()
+        weights = self._prunable_now()
+        chosen = structured.select_channels(
+            groups,
+            [structured.channel_scores(g, scores) for g in groups],
+            [structured.channel_cost(g, weights) for g in groups],
+            [structured.removed_channels(g, self.masks.pruned) for g in groups],
+            budget=count,
+            min_layer_density=self.min_layer_density,
+        )
+        by_name = {g.name: g for g in groups}
+        selection: dict[str, torch.Tensor] = {}
+        for name, channels in chosen.items():
+            for param, flat in structured.channel_elements(by_name[name], channels, self.masks.weights).items():
+                selection[param] = flat if param not in selection else torch.unique(torch.cat([selection[param], flat]))
+        # only what is not cut yet: the masks remember values for a rollback
+        return {p: i[~self.masks.pruned[p].view(-1)[i]] for p, i in selection.items()}
+
+    def _shrink(self, trainer: "L.Trainer", pl_module: "L.LightningModule", rebuild_optimizer: bool = True) -> None:
+        """Physically remove every masked channel; carry masks, saliency and optimizer state over by slicing."""
+        groups, graph = self._groups(pl_module)
+        remove = {}
+        for group in groups:
+            gone = structured.removed_channels(group, self.masks.pruned)
+            if gone.all():
+                gone[0] = False
+            if gone.any():
+                remove[group.name] = gone.nonzero().squeeze(1)
+        if not remove:
+            return
+        old_states = _optimizer_states_by_name(trainer, pl_module) if rebuild_optimizer else []
+        old_masks, old_saliency = self.masks, self.saliency
+        slices = structured.remove_channels(pl_module, groups, remove, graph)
+        self._build_state_holders(pl_module)
+        for name, pruned in old_masks.pruned.items():
+            self.masks.pruned[name] = structured.slice_like(pruned, slices.get(name, []))
+        self.masks.refresh()
+        self.saliency.updates = old_saliency.updates
+        for name, running in old_saliency.running.items():
+            self.saliency.running[name] = structured.slice_like(running, slices.get(name, []))
+        if rebuild_optimizer:
+            _rebuild_optimizers(trainer, pl_module, old_states, slices)
+
+    def _resolution(self, pl_module: "L.LightningModule") -> float:
+        """The smallest possible change of sparsity: one weight, or (structured) the cheapest channel."""
+        if self.mode == "unstructured" or not self._initial_weights:
+            return 1 / max(self._initial_weights, 1)
+        groups, _ = self._groups(pl_module)
+        weights = self._prunable_now()
+        cheapest = min((float(structured.channel_cost(g, weights).min()) for g in groups), default=1.0)
+        return cheapest / self._initial_weights
 
     def _cut_count(self, ratio: float, sparsity: float) -> int:
-        total = self.masks.num_weights
+        total = self._initial_weights
         remaining = round((1 - sparsity) * total)
         count = round(ratio * remaining)
         if self.target_sparsity is not None:
             # whole weights: never past the target
             count = min(count, math.floor(self.target_sparsity * total) - (total - remaining))
         return max(count, 0)
+
+    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if self.mode == "structured" and self.shrink_when == "during":
+            # the last cut needs no more probation: leave fit with a compact model
+            self._shrink(trainer, pl_module, rebuild_optimizer=False)
+
+    def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        """Profile the final model (structured: its compact export) and hand the figures to every logger."""
+        if self.example_input is None or not trainer.is_global_zero:
+            return
+        final = self.export(pl_module) if self.mode == "structured" else pl_module
+        self.final_profile = profile(final, self.example_input)
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {f"pruning/final/{k}": float(v) for k, v in self.final_profile.items()}, trainer.global_step
+            )
+
+    def teardown(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
+        if "on_load_checkpoint" in vars(pl_module):
+            del pl_module.on_load_checkpoint  # the wrapper installed in setup(): back to the class's own hook
 
     # -- signals --------------------------------------------------------------------------------------------------
 
@@ -351,9 +515,14 @@ class RealTimePruningCallback(Callback):
         }
         if entry["grad_norm"] is not None:
             metrics["grad_norm/total"] = entry["grad_norm"]
+        if self.example_input is not None:
+            # MACs per sample, each layer discounted by its weight density (structured: of the shrunk model)
+            metrics["pruning/flops"] = float(
+                profile(pl_module, self.example_input, warmup=0, repeats=1)["flops_effective"]
+            )
         if self.log_layers:
-            for name, value in self.masks.layer_sparsity().items():
-                metrics[f"pruning/layer/{name}"] = value
+            for name, weight in self._prunable_now().items():
+                metrics[f"pruning/layer/{name}"] = float((weight == 0).sum()) / weight.numel()
         for name, value in metrics.items():
             pl_module.log(name, value, on_step=per_step, on_epoch=not per_step, sync_dist=False)
 
@@ -361,7 +530,8 @@ class RealTimePruningCallback(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         state = {"controller": self.controller.state_dict(), "history": list(self.history), "done": self._done,
-                 "end_epoch": self.end_epoch}  # fmt: skip
+                 "end_epoch": self.end_epoch, "initial_weights": self._initial_weights,
+                 "example_input": self.example_input}  # fmt: skip
         if self.masks is not None:
             state["masks"] = self.masks.state_dict()
             state["saliency"] = self.saliency.state_dict()
@@ -379,6 +549,12 @@ class RealTimePruningCallback(Callback):
         self.history = list(state["history"])
         self._done = state["done"]
         self.end_epoch = state["end_epoch"] if self.end_epoch is None else self.end_epoch
+        self._initial_weights = state.get("initial_weights", self._initial_weights)
+        if state.get("example_input") is not None:
+            self.example_input = state["example_input"]
+        if self.mode == "structured":
+            # the model may have been resized from the checkpoint since setup(): hold its current parameters
+            self._build_state_holders(self._module)
         if "masks" in state:
             self.masks.load_state_dict(state["masks"])
             self.saliency.load_state_dict(state["saliency"])
@@ -392,3 +568,53 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+
+
+def _resize_before_loading(pl_module: "L.LightningModule") -> None:
+    """``fit(ckpt_path=...)`` loads the weights before any callback sees the checkpoint: let the module's own
+    ``on_load_checkpoint`` (which Lightning calls first) resize shrunk layers, for any LightningModule."""
+    if "on_load_checkpoint" in vars(pl_module):
+        return
+    original = pl_module.on_load_checkpoint
+
+    def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+        structured.match_architecture(pl_module, checkpoint["state_dict"])
+        original(checkpoint)
+
+    pl_module.on_load_checkpoint = on_load_checkpoint
+
+
+def _optimizer_states_by_name(trainer: "L.Trainer", pl_module: "L.LightningModule") -> tuple[list, list]:
+    """Each optimizer's per-parameter state keyed by parameter *name* (the objects are about to be replaced), its
+    groups' hyperparameters, and the schedulers' states."""
+    names = {id(p): n for n, p in pl_module.named_parameters()}
+    optimizers = []
+    for optimizer in trainer.optimizers:
+        state = {names[id(p)]: dict(s) for p, s in optimizer.state.items() if id(p) in names}
+        hyper = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+        optimizers.append((state, hyper))
+    schedulers = [config.scheduler.state_dict() for config in trainer.lr_scheduler_configs]
+    return optimizers, schedulers
+
+
+def _rebuild_optimizers(
+    trainer: "L.Trainer", pl_module: "L.LightningModule", saved: tuple[list, list], slices: structured.Slices
+) -> None:
+    """New optimizers over the shrunk parameters, keeping the survivors' state (Adam's moments sliced, not reset)."""
+    optimizers, schedulers = saved
+    trainer.strategy.setup_optimizers(trainer)
+    params = dict(pl_module.named_parameters())
+    for optimizer, (state, hyper) in zip(trainer.optimizers, optimizers, strict=False):
+        for group, values in zip(optimizer.param_groups, hyper, strict=False):
+            group.update(values)
+        for name, entries in state.items():
+            if name not in params:
+                continue
+            optimizer.state[params[name]] = {
+                key: structured.slice_like(value, slices.get(name, []))
+                if torch.is_tensor(value) and value.dim() > 0
+                else value
+                for key, value in entries.items()
+            }
+    for config, scheduler_state in zip(trainer.lr_scheduler_configs, schedulers, strict=False):
+        config.scheduler.load_state_dict(scheduler_state)

@@ -1,12 +1,17 @@
 """The ``lightning-prune`` command: LightningCLI over any LightningModule / DataModule, W&B logging by default."""
 
+import argparse
+import importlib
 import netrc
 import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
+import torch
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
@@ -14,6 +19,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_prune.callback import RealTimePruningCallback
 from lightning_prune.data.hub import DataSourceError
+from lightning_prune.structured import compact_copy
 
 WANDB_OFFLINE_MODES = ("offline", "dryrun", "disabled")
 
@@ -162,10 +168,67 @@ def link_vocab_size(config) -> None:
         backbone_args["vocab_size"] = data_args["vocab_size"]
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
+    """jsonargparse's formatter, keeping the epilog's line breaks (the list of extra subcommands)."""
+
+
+def export_main(argv: list[str]) -> None:
+    """``lightning-prune export --ckpt_path PATH --output FILE``: the compact dense model of a checkpoint."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-prune export",
+        description="Write the compact dense model of a checkpoint: the backbone without the channels that pruning "
+        "zeroed, whose outputs equal the pruned model's. Load it with `torch.load(FILE, weights_only=False)` "
+        "(--format module) or `torch.jit.load(FILE)` (--format torchscript).",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by `lightning-prune fit`")
+    parser.add_argument("--output", required=True, help="file to write")
+    parser.add_argument("--format", choices=("module", "torchscript"), default="module")
+    options = parser.parse_args(argv)
+    if not Path(options.ckpt_path).is_file():
+        parser.error(f"--ckpt_path {options.ckpt_path!r} is not a file")
+    compact, example, before = export_checkpoint(options.ckpt_path)
+    if options.format == "torchscript":
+        inputs = example if isinstance(example, tuple) else (example,)
+        torch.jit.trace(compact.eval(), inputs).save(options.output)
+    else:
+        torch.save(compact, options.output)
+    after = sum(p.numel() for p in compact.parameters())
+    print(f"Wrote {options.output} ({options.format}): {after:,} parameters, {before:,} before compaction.")
+
+
+def export_checkpoint(ckpt_path: str) -> tuple[torch.nn.Module, Any, int]:
+    """Rebuild a checkpoint's module (its hyperparameters describe it), compact it, and return the backbone (or the
+    module when it has none), the example input it was traced with, and the parameter count before compaction."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    module = LightningModule.load_from_checkpoint(ckpt_path, map_location="cpu")
+    states = [v for k, v in checkpoint.get("callbacks", {}).items() if k.startswith("RealTimePruningCallback")]
+    example = next((s["example_input"] for s in states if s.get("example_input") is not None), None)
+    if example is None:
+        example = getattr(module, "example_input_array", None)
+    before = sum(p.numel() for p in module.parameters())
+    compact = compact_copy(module, example)
+    return getattr(compact, "backbone", compact), example, before
+
+
+EXTRA_SUBCOMMANDS = {
+    "compare": ("lightning_prune.experiment", "run pruned and unpruned arms over seeds, with statistics and a report"),
+    "export": ("lightning_prune.cli", "write the compact dense model of a checkpoint"),
+}
+
+
 def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``lightning-prune`` console script."""
+    """Entry point of the ``lightning-prune`` console script: LightningCLI subcommands, ``compare``, ``export``."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in EXTRA_SUBCOMMANDS:
+        module = importlib.import_module(EXTRA_SUBCOMMANDS[argv[0]][0])
+        getattr(module, f"{argv[0]}_main")(argv[1:])
+        return
+    epilog = "extra subcommands:\n" + "\n".join(
+        f"  {name:<10} {help_text} (lightning-prune {name} --help)"
+        for name, (_, help_text) in EXTRA_SUBCOMMANDS.items()
+    )
     try:
-        LightningPruneCLI(args=args)
+        LightningPruneCLI(args=args, parser_kwargs={"epilog": epilog, "formatter_class": _HelpFormatter})
     except DataSourceError as err:
         print(f"lightning-prune: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -176,7 +176,7 @@ def test_metrics_are_logged_once_per_interval_under_the_documented_names(tmp_pat
         rows = [row for row in csv.DictReader(handle) if row.get("pruning/sparsity")]
     expected = {
         "pruning/sparsity", "pruning/ratio", "pruning/params_nonzero", "pruning/params_total", "pruning/action",
-        "grad_norm/total", "pruning/layer/net.0.weight", "pruning/layer/net.2.weight",
+        "grad_norm/total", "pruning/flops", "pruning/layer/net.0.weight", "pruning/layer/net.2.weight",
     }  # fmt: skip
     assert expected <= set(rows[0])
     assert not any(key.endswith(("_epoch", "_step")) for key in rows[0] if key.startswith(("pruning", "grad")))

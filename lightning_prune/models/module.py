@@ -5,6 +5,17 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_prune.structured import match_architecture
+
+
+def _backbone_config_given() -> bool:
+    try:
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+    except ImportError:  # a Lightning without the CLI's instantiator context: keep the plain behaviour
+        return False
+    given = _given_hyperparameters.get()
+    return isinstance(given, dict) and isinstance(given.get("backbone"), dict)
+
 
 def _infer_num_classes(backbone: nn.Module) -> int:
     linears = [m for m in backbone.modules() if isinstance(m, nn.Linear)]
@@ -39,8 +50,9 @@ class ClassificationModule(L.LightningModule):
         super().__init__()
         if lr <= 0:
             raise ValueError(f"`lr` must be > 0, got {lr}")
-        # the backbone is saved with the weights; the CLI records its config separately
-        self.save_hyperparameters(ignore=["backbone"])
+        # an nn.Module does not belong in hparams; a backbone *config* (LightningCLI passes the class path and
+        # init args) does: it makes the checkpoint self-describing for load_from_checkpoint and `export`
+        self.save_hyperparameters(ignore=[] if _backbone_config_given() else ["backbone"])
         self.backbone = backbone
         self.num_classes = num_classes if num_classes is not None else _infer_num_classes(backbone)
         self.loss_fn = nn.CrossEntropyLoss()
@@ -73,6 +85,10 @@ class ClassificationModule(L.LightningModule):
     def predict_step(self, batch: tuple, batch_idx: int) -> torch.Tensor:
         *inputs, _ = batch
         return self(*inputs).argmax(dim=-1)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # a checkpoint of a structurally pruned model holds smaller layers: take their shapes before loading
+        match_architecture(self, checkpoint["state_dict"])
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)

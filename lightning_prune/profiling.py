@@ -1,0 +1,334 @@
+"""Measure a (pruned) network: parameters, MACs dense and effective, latency per batch, and storage bytes.
+
+FLOPs come from ptflops' default ("pytorch") backend, which counts ``nn.LSTM`` (the "aten" backend does not). Two
+ptflops habits are handled here: it returns ``(None, None)`` instead of raising on a bad input (we raise), and it leaves
+bound methods and counters on the model it analyses, which break ``torch.save`` of that object (we only ever give it a
+deep copy). Its stock RNN hook also fails on a ``PackedSequence`` input, which our LSTM classifier uses, so RNN layers
+get a hook that understands packed input. And it counts activation and pooling modules twice (once by the module hook,
+once by its patch of the ``F.*`` function the module calls); the second count is dropped.
+"""
+
+import contextlib
+import copy
+import io
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import ptflops
+import torch
+from ptflops.pytorch_ops import MODULES_MAPPING
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.nn.utils.rnn import PackedSequence
+
+_Hook = Callable[[nn.Module, tuple, Any], None]
+
+# normalisation layers carry a per-channel scale called "weight", but zeroing it removes none of their arithmetic
+_NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def profile(
+    model: nn.Module,
+    example_input: Tensor | tuple[Tensor, ...],
+    *,
+    warmup: int = 3,
+    repeats: int = 10,
+    threads: int | None = None,
+) -> dict[str, int | float]:
+    """Profile a model on an example batch: size, compute (dense and discounting zeroed weights), speed, storage.
+
+    The FLOP figures are multiply-accumulates (MACs) for ONE sample, as counted by ptflops, with one MAC counted as one
+    FLOP (the usual convention of pruning papers). ptflops also counts bias additions, activations, pooling and
+    normalisation elements, and functional calls in ``forward`` (``F.relu``, ``torch.matmul``, ...); an activation or
+    pooling *module* is counted once, not twice as ptflops 0.7.5 alone reports it. They are taken on the first sample
+    of ``example_input`` (for a tuple, the first row of every tensor), so for a packed-sequence model such as
+    :class:`~lightning_prune.models.LSTMClassifier` they cover that sample's real length. ptflops runs on a deep copy,
+    so the caller's model is never modified (the copy needs as much memory again as the model).
+
+    ``flops_effective`` multiplies each layer's MACs by the density (fraction of non-zero entries) of that layer's
+    weight(s): for ``nn.LSTM``/``nn.GRU``/``nn.RNN`` all ``weight_ih_l*`` and ``weight_hh_l*`` together. Layers without
+    weights, normalisation layers and operations ptflops counts outside modules (functional calls) count dense. It is
+    the compute a sparse kernel could skip; dense kernels do not skip it, which is what ``latency_ms_per_batch``
+    shows.
+
+    Storage: ``state_dict_bytes`` is ``sum(numel * element_size)`` over the tensors of ``model.state_dict()``;
+    ``sparse_bytes`` stores each tensor as its non-zeros plus one index each (COO-style),
+    ``sum(nnz * (element_size + index_size))`` with ``index_size`` 4 bytes if ``numel < 2**31`` else 8.
+
+    Args:
+        model: The network. Left in the train/eval mode (per submodule) it was in.
+        example_input: A batch for ``model(*inputs)``: one tensor, or a tuple of tensors such as ``(tokens, lengths)``.
+            Every tensor must be on the model's device and have the batch as its first dimension.
+        warmup: Untimed calls before timing.
+        repeats: Timed calls; the latency is their median.
+        threads: With a value, ``torch.set_num_threads(threads)`` while timing (the previous value is restored).
+
+    Returns:
+        A dict with ``params_total`` (int), ``params_nonzero`` (int), ``flops_dense`` (int, MACs per sample),
+        ``flops_effective`` (float, MACs per sample), ``latency_ms_per_batch`` (float, median over ``repeats`` calls on
+        the whole batch in eval mode under ``torch.inference_mode()``), ``state_dict_bytes`` (int) and
+        ``sparse_bytes`` (int).
+
+    Raises:
+        TypeError: If ``example_input`` is neither a tensor nor a tuple of tensors.
+        ValueError: If ``warmup`` < 0, ``repeats`` < 1, ``threads`` < 1, an input is on another device than the model,
+            or an input has no batch dimension.
+        RuntimeError: If ptflops cannot count the model on this input.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+        >>> stats = profile(model, torch.randn(8, 4), warmup=0, repeats=1)
+        >>> stats["params_total"], stats["flops_dense"]  # (4*3+3) + 3 ReLU outputs + (3*2+2)
+        (23, 26)
+    """
+    _check_arguments(warmup, repeats, threads)
+    inputs = _as_inputs(example_input)
+    _check_devices(model, inputs)
+    flops_dense, per_layer, densities = _count_macs(model, inputs)
+    counted = sum(per_layer.values())
+    # what ptflops counted outside modules (functional calls) carries no weight, hence counts dense
+    flops_effective = float(flops_dense - counted) + sum(per_layer[n] * densities[n] for n in per_layer)
+    params = list(model.parameters())
+    state = [t for t in model.state_dict().values() if isinstance(t, Tensor)]
+    return {
+        "params_total": sum(p.numel() for p in params),
+        "params_nonzero": sum(int(torch.count_nonzero(p.detach())) for p in params),
+        "flops_dense": flops_dense,
+        "flops_effective": flops_effective,
+        "latency_ms_per_batch": _latency_ms(model, inputs, warmup, repeats, threads),
+        "state_dict_bytes": sum(t.numel() * t.element_size() for t in state),
+        "sparse_bytes": sum(_sparse_bytes(t) for t in state),
+    }
+
+
+# -- arguments ------------------------------------------------------------------------------------------------------
+
+
+def _check_arguments(warmup: int, repeats: int, threads: int | None) -> None:
+    if warmup < 0:
+        raise ValueError(f"`warmup` must be >= 0, got {warmup}.")
+    if repeats < 1:
+        raise ValueError(f"`repeats` must be >= 1, got {repeats}.")
+    if threads is not None and threads < 1:
+        raise ValueError(f"`threads` must be None or >= 1, got {threads}.")
+
+
+def _as_inputs(example_input: Tensor | tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    inputs = (example_input,) if isinstance(example_input, Tensor) else example_input
+    if not isinstance(inputs, tuple) or not inputs or not all(isinstance(t, Tensor) for t in inputs):
+        raise TypeError(
+            f"`example_input` must be a tensor or a non-empty tuple of tensors, got {type(example_input).__name__}."
+        )
+    for tensor in inputs:
+        # the per-sample FLOPs need a first sample to slice
+        if tensor.dim() == 0 or tensor.shape[0] == 0:
+            raise ValueError(f"`example_input` tensors need a non-empty batch dimension, got shape {_shapes(inputs)}.")
+    return inputs
+
+
+def _check_devices(model: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+    reference = next(model.parameters(), None)
+    if reference is None:
+        reference = next(model.buffers(), None)
+    if reference is None:  # nothing to compare with: a model without state runs anywhere
+        return
+    wrong = [str(t.device) for t in inputs if t.device != reference.device]
+    if wrong:
+        raise ValueError(
+            f"`example_input` must be on the model's device ({reference.device}), got tensors on {wrong}; "
+            "move them with `.to(device)` first."
+        )
+
+
+def _shapes(inputs: tuple[Tensor, ...]) -> str:
+    return ", ".join(str(tuple(t.shape)) for t in inputs)
+
+
+# -- FLOPs ----------------------------------------------------------------------------------------------------------
+
+
+class _Call(nn.Module):
+    """Calls the wrapped model with positional inputs that ptflops hands over as one keyword argument.
+
+    ptflops calls ``model(batch)`` or ``model(**batch)``; the keyword form keeps a tuple of inputs intact, and with no
+    positional input ptflops' batch counter takes the batch size as 1, which is what we feed.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: tuple[Tensor, ...]) -> Any:
+        return self.model(*inputs)
+
+
+def _count_macs(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[int, dict[str, int], dict[str, float]]:
+    """ptflops' total MACs for the first sample, the MACs of each module it counted, and their weight densities.
+
+    The modules are those ptflops itself sums: a supported module, none of whose ancestors is supported (in practice
+    the leaf layers), so nothing is counted twice. The total is their sum plus the functional calls made outside them.
+    """
+    twin = copy.deepcopy(model)  # ptflops leaves methods on the model it counts; never hand it the caller's
+    sample = tuple(t[:1] for t in inputs)
+    counter = _ModuleCounter()
+    kinds = {type(m) for m in twin.modules()} & MODULES_MAPPING.keys()
+    for module in twin.modules():
+        if type(module) in kinds:
+            module.register_forward_pre_hook(counter.enter)
+    captured = io.StringIO()
+    with torch.no_grad(), contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
+        macs, _ = ptflops.get_model_complexity_info(
+            _Call(twin),
+            tuple(sample[0].shape),  # only handed to input_constructor
+            input_constructor=lambda _: {"inputs": sample},
+            print_per_layer_stat=False,
+            as_strings=False,
+            verbose=False,
+            custom_modules_hooks={kind: counter.wrap(_hook_for(kind)) for kind in kinds},
+        )
+    if macs is None:
+        lines = [line for line in captured.getvalue().splitlines() if line.strip()]
+        cause = lines[-1] if lines else "no message"
+        raise RuntimeError(
+            f"ptflops could not count the FLOPs of {type(model).__name__} on one sample of the inputs with shapes "
+            f"{_shapes(inputs)} ({cause}). Check that `model(*example_input)` runs."
+        )
+    units = dict(_counted_units(twin))
+    per_layer = {name: int(counter.flops.get(module, 0)) for name, module in units.items()}
+    densities = {name: _weight_density(module) for name, module in units.items()}
+    return int(macs), per_layer, densities
+
+
+class _ModuleCounter:
+    """Keeps ptflops' per-module counts, and keeps it from counting a module's operations twice.
+
+    ptflops deletes its per-module counters before returning, so each module's running count is recorded as it goes.
+    While counting, ptflops also patches functional ops (``F.relu``, ``F.max_pool2d``, ``torch.matmul``, ...) and adds
+    their FLOPs to shared lists; ``nn.ReLU``, ``nn.MaxPool2d`` and the like call those ops, so their work would be
+    counted by the module hook and again by the functional patch (ptflops 0.7.5 reports 32 for ``nn.ReLU`` on 16
+    elements). The functional FLOPs appended while a counted module runs are dropped; those outside (``F.relu`` in a
+    ``forward``) stay.
+    """
+
+    def __init__(self) -> None:
+        self.flops: dict[nn.Module, int] = {}
+        self._marks: dict[nn.Module, list[list[tuple[list, int]]]] = {}
+
+    def enter(self, module: nn.Module, inputs: tuple) -> None:
+        marks = [(collector, len(collector)) for collector in _functional_collectors()]
+        self._marks.setdefault(module, []).append(marks)
+
+    def wrap(self, hook: _Hook) -> _Hook:
+        def hook_counting(module: nn.Module, inputs: tuple, output: Any) -> None:
+            hook(module, inputs, output)
+            self.flops[module] = module.__flops__
+            for collector, length in self._marks[module].pop():
+                del collector[length:]
+
+        return hook_counting
+
+
+def _functional_collectors() -> list[list]:
+    # each patched op is a ptflops `torch_function_wrapper` holding its list; F.relu's is shared by all functional
+    # ops, torch.matmul's by all tensor ops. Outside a ptflops run they are plain functions, with nothing to drop.
+    ops = (F.relu, torch.matmul)
+    return [op.collector for op in ops if isinstance(getattr(op, "collector", None), list)]
+
+
+def _hook_for(kind: type) -> _Hook:
+    hook = MODULES_MAPPING[kind]
+    return _packed_aware(hook) if issubclass(kind, nn.RNNBase) else hook
+
+
+def _packed_aware(hook: _Hook) -> _Hook:
+    """ptflops' RNN hook reads ``input.shape``, which a ``PackedSequence`` lacks.
+
+    The hook multiplies the per-step cost by ``shape[0] * shape[1]`` (batch times steps); a packed input runs exactly
+    ``data.shape[0]`` steps over all sequences, so a ``(steps, 1)`` view stands in for it.
+    """
+
+    def hook_packed(module: nn.Module, inputs: tuple, output: Any) -> None:
+        if inputs and isinstance(inputs[0], PackedSequence):
+            inputs = (inputs[0].data[:, :1], *inputs[1:])
+        hook(module, inputs, output)
+
+    return hook_packed
+
+
+def _counted_units(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+    # mirrors ptflops' own accumulation: stop at the first supported module on each path
+    if type(module) in MODULES_MAPPING:
+        yield prefix, module
+        return
+    for name, child in module.named_children():
+        yield from _counted_units(child, f"{prefix}.{name}" if prefix else name)
+
+
+def _weight_density(module: nn.Module) -> float:
+    """Fraction of non-zero entries over the weight(s) whose products the module's MACs count; 1.0 if none."""
+    weights = [w for w in _weights(module) if isinstance(w, Tensor)]
+    total = sum(w.numel() for w in weights)
+    if total == 0:
+        return 1.0
+    return sum(int(torch.count_nonzero(w.detach())) for w in weights) / total
+
+
+def _weights(module: nn.Module) -> Iterator[Any]:
+    if isinstance(module, _NORM_LAYERS):
+        return
+    for owner in module.modules():
+        for name in owner._parameters:
+            # torch.nn.utils.prune keeps `weight_orig` as the parameter and the masked `weight` as an attribute
+            name = name.removesuffix("_orig")
+            if isinstance(owner, (nn.RNNBase, nn.RNNCellBase)):
+                keep = name.startswith(("weight_ih", "weight_hh"))
+            else:
+                keep = name.endswith("weight")
+            if keep:
+                yield getattr(owner, name)
+
+
+# -- latency --------------------------------------------------------------------------------------------------------
+
+
+def _latency_ms(model: nn.Module, inputs: tuple[Tensor, ...], warmup: int, repeats: int, threads: int | None) -> float:
+    modes = {module: module.training for module in model.modules()}
+    previous_threads = torch.get_num_threads()
+    cuda = inputs[0].device.type == "cuda"
+    times = []
+    try:
+        model.eval()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(*inputs)
+            for _ in range(repeats):
+                # CUDA runs asynchronously: without a sync the clock would measure the kernel launches only
+                if cuda:
+                    torch.cuda.synchronize(inputs[0].device)
+                start = time.perf_counter()
+                model(*inputs)
+                if cuda:
+                    torch.cuda.synchronize(inputs[0].device)
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous_threads)
+        # per module, since a model may hold submodules frozen in eval mode while it trains
+        for module, training in modes.items():
+            module.training = training
+    return statistics.median(times) * 1000.0
+
+
+# -- storage --------------------------------------------------------------------------------------------------------
+
+
+def _index_bytes(numel: int) -> int:
+    return 4 if numel < 2**31 else 8
+
+
+def _sparse_bytes(tensor: Tensor) -> int:
+    nnz = int(torch.count_nonzero(tensor))
+    return nnz * (tensor.element_size() + _index_bytes(tensor.numel()))
