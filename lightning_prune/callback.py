@@ -430,8 +430,9 @@ class RealTimePruningCallback(Callback):
         remaining = round((1 - sparsity) * total)
         count = round(ratio * remaining)
         if self.target_sparsity is not None:
-            # whole weights: never past the target
-            count = min(count, math.floor(self.target_sparsity * total) - (total - remaining))
+            # whole weights: the cut that reaches the target reaches it (ceil), by less than one weight over
+            needed = math.ceil(self.target_sparsity * total - 1e-9) - (total - remaining)
+            count = needed if ratio * remaining >= needed - 1 else min(count, needed)
         return max(count, 0)
 
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:

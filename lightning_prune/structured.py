@@ -13,6 +13,7 @@ physically afterwards therefore changes nothing in what the network computes, on
 """
 
 import copy
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,22 +227,28 @@ def select_channels(
     budget: float,
     min_layer_density: float,
 ) -> dict[str, Tensor]:
-    """Channels to cut: the lowest scores (normalised per group) first, until their weights fill ``budget``.
+    """Channels to cut, cheapest first: the lowest saliency per weight saved (a greedy knapsack), until their
+    weights fill ``budget``.
 
-    Every group keeps at least ``max(1, ceil(min_layer_density * size))`` channels.
+    Saliency is normalised per group (each group's mean is 1) so layers of different scale compete fairly, and
+    divided by the channel's share of weights: a channel that frees many weights for little saliency goes first,
+    one that frees few (an input convolution's filter) is protected. Every group keeps at least
+    ``max(1, ceil(min_layer_density * size))`` channels.
     """
     candidates = []
+    mean_cost = float(torch.cat([c for c in costs]).mean()) if costs else 1.0
     for index, (group, score, cost, removed) in enumerate(zip(groups, scores, costs, gone, strict=True)):
         alive = (~removed).nonzero().squeeze(1)
-        keep_at_least = max(1, int(torch.ceil(torch.tensor(min_layer_density * group.size))))
+        keep_at_least = max(1, math.ceil(min_layer_density * group.size))
         removable = len(alive) - keep_at_least
         if removable <= 0:
             continue
         alive_scores = score[alive]
         scale = alive_scores.mean()
         normalised = alive_scores / scale if scale > 0 else torch.zeros_like(alive_scores)
-        order = normalised.argsort()[:removable]
-        candidates += [(float(normalised[i]), index, int(alive[i]), float(cost[alive[i]])) for i in order]
+        per_weight = normalised / (cost[alive] / mean_cost).clamp(min=1e-12)
+        order = per_weight.argsort()[:removable]
+        candidates += [(float(per_weight[i]), index, int(alive[i]), float(cost[alive[i]])) for i in order]
     candidates.sort()
     chosen: dict[str, list[int]] = {}
     spent = 0.0

@@ -233,7 +233,8 @@ def test_structured_resnet18_and_lstm_train_and_export():
     resnet = ClassificationModule(CIFARResNet18())
     pruning = RealTimePruningCallback(mode="structured", target_sparsity=0.5, initial_ratio=0.3)
     quiet_trainer(max_epochs=3, callbacks=[pruning]).fit(resnet, torch.utils.data.DataLoader(images, batch_size=8))
-    assert resnet.backbone.layer1[0].conv1.out_channels < 64
+    # the network really is smaller: whole channels went (which ones is the saliency's choice)
+    assert sum(p.numel() for p in resnet.parameters()) < 0.7 * sum(p.numel() for p in CIFARResNet18().parameters())
     exported = pruning.export(resnet)
     x = torch.randn(2, 3, 32, 32)
     resnet.eval()
