@@ -1,0 +1,46 @@
+"""Shared by the bench/ scripts: the machine description and appending a result block to docs/BENCHMARKS.md."""
+
+import datetime
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    parts = [f"{os.cpu_count()} CPU cores ({cpu})", f"torch {torch.__version__}", f"{torch.get_num_threads()} threads"]
+    if torch.cuda.is_available():
+        parts.append(f"GPU {torch.cuda.get_device_name()}")
+    return ", ".join(parts)
+
+
+def record(title: str, body: str) -> None:
+    """Print a result block and append it to docs/BENCHMARKS.md with the command, machine and date."""
+    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    block = (
+        f"\n### {title}\n\n"
+        f"- command: `{command}`\n- machine: {machine()}\n- date: {datetime.date.today().isoformat()}\n\n{body}\n"
+    )
+    print(block)
+    BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
+    if not BENCHMARKS.exists():
+        BENCHMARKS.write_text("# Benchmarks\n\nEvery block below was appended by the bench/ script named in it.\n")
+    with BENCHMARKS.open("a") as handle:
+        handle.write(block)
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -1,0 +1,112 @@
+"""Training-step time with no callback, with RealTimePruningCallback and with Lightning's ModelPruning, side by side.
+
+Every round fits each variant once from the same seed, interleaved in one process, on synthetic batches of the task's
+shape (data loading is not what is measured). Epoch 0 prunes to the target; epoch 1 is timed: the median time between
+consecutive batch starts, so it holds the forward, backward, optimizer step and every callback hook. The figure is
+the ratio to "no callback" in the same round, then the median over rounds.
+
+    python bench/overhead.py --model mnist --rounds 5 --steps 60
+    python bench/overhead.py --model resnet18 --rounds 3 --steps 15
+"""
+
+import argparse
+import statistics
+import time
+
+import lightning as L
+import torch
+from common import record, table
+from lightning.pytorch.callbacks import Callback, ModelPruning
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_prune import ClassificationModule, RealTimePruningCallback
+from lightning_prune.masks import prunable_weights
+from lightning_prune.models import MNISTCNN, CIFARResNet18
+
+MODELS = {"mnist": (MNISTCNN, (1, 28, 28)), "resnet18": (CIFARResNet18, (3, 32, 32))}
+
+
+class StepTimer(Callback):
+    """Time between consecutive batch starts in the timed epoch."""
+
+    def __init__(self, timed_epoch: int) -> None:
+        self.timed_epoch = timed_epoch
+        self.starts: list[float] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.timed_epoch:
+            self.starts.append(time.perf_counter())
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.timed_epoch:
+            self.starts.append(time.perf_counter())
+
+    def median_ms(self) -> float:
+        steps = [b - a for a, b in zip(self.starts, self.starts[1:], strict=False)]
+        return 1000 * statistics.median(steps[2:] if len(steps) > 6 else steps)
+
+
+def pruning_callback(variant: str, module: ClassificationModule, target: float):
+    if variant == "none":
+        return None
+    if variant == "ours, pruning window":
+        # the window stays open: saliency is accumulated every step on top of masking
+        return RealTimePruningCallback(target_sparsity=target, initial_ratio=0.5, max_ratio=0.5, end_epoch=100)
+    if variant == "ours, after target":
+        return RealTimePruningCallback(target_sparsity=target, initial_ratio=target, max_ratio=0.99, end_epoch=1)
+    if variant == "ModelPruning":
+        names = prunable_weights(module)  # the same weights as ours
+        modules = dict(module.named_modules())
+        to_prune = [(modules[name.rsplit(".", 1)[0]], "weight") for name in names]
+        return ModelPruning(
+            "l1_unstructured", amount=lambda epoch: target if epoch == 0 else 0.0, parameters_to_prune=to_prune,
+            use_global_unstructured=True, verbose=0,
+        )  # fmt: skip
+    raise ValueError(variant)
+
+
+def run_variant(variant: str, model_name: str, steps: int, batch_size: int, target: float, seed: int) -> float:
+    L.seed_everything(seed, verbose=False)
+    backbone_class, shape = MODELS[model_name]
+    module = ClassificationModule(backbone_class())
+    data = TensorDataset(torch.randn(steps * batch_size, *shape), torch.randint(0, 10, (steps * batch_size,)))
+    timer = StepTimer(timed_epoch=1)
+    callbacks = [timer] + [cb for cb in [pruning_callback(variant, module, target)] if cb is not None]
+    trainer = L.Trainer(
+        max_epochs=2, accelerator="auto", devices=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, num_sanity_val_steps=0,
+    )  # fmt: skip
+    trainer.fit(module, DataLoader(data, batch_size=batch_size))
+    return timer.median_ms()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=list(MODELS), default="mnist")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=60, help="batches per epoch")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--target", type=float, default=0.9)
+    args = parser.parse_args()
+    variants = ["none", "ours, pruning window", "ours, after target", "ModelPruning"]
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for round_index in range(args.rounds):
+        for variant in variants:
+            ms = run_variant(variant, args.model, args.steps, args.batch_size, args.target, seed=round_index)
+            times[variant].append(ms)
+            print(f"round {round_index + 1}/{args.rounds} {variant}: {ms:.2f} ms/step", flush=True)
+    rows = []
+    for variant in variants:
+        ratios = [t / base for t, base in zip(times[variant], times["none"], strict=True)]
+        rows.append([variant, f"{statistics.median(times[variant]):.2f}", f"{statistics.median(ratios):.3f}",
+                     f"{min(ratios):.3f} .. {max(ratios):.3f}"])  # fmt: skip
+    body = (
+        f"{args.model}, batch {args.batch_size}, target sparsity {args.target}, {args.steps} steps an epoch, "
+        f"{args.rounds} interleaved rounds; epoch 1 timed (after the cut of epoch 0).\n\n"
+        + table(["variant", "median ms/step", "ratio to none (median)", "ratio range"], rows)
+    )
+    record(f"Callback overhead: {args.model}", body)
+
+
+if __name__ == "__main__":
+    main()
