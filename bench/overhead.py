@@ -15,13 +15,14 @@ import time
 
 import lightning as L
 import torch
-from common import record, table
 from lightning.pytorch.callbacks import Callback, ModelPruning
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune import ClassificationModule, RealTimePruningCallback
 from lightning_prune.masks import prunable_weights
 from lightning_prune.models import MNISTCNN, CIFARResNet18
+
+from common import record, table
 
 MODELS = {"mnist": (MNISTCNN, (1, 28, 28)), "resnet18": (CIFARResNet18, (3, 32, 32))}
 

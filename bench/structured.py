@@ -11,11 +11,11 @@ batch of the final model (the pruned arm's compact export), and the training wal
 
 import argparse
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
 
-from common import record, table
 from lightning_prune import (
     CIFAR10DataModule,
     ClassificationModule,
@@ -24,13 +24,12 @@ from lightning_prune import (
     RealTimePruningCallback,
     profile,
 )
-from lightning_prune.models import CIFARResNet18, LSTMClassifier, MNISTCNN
+from lightning_prune.models import MNISTCNN, CIFARResNet18, LSTMClassifier
 
-TASKS = {
-    "mnist": (MNISTDataModule, "../shared/data/mnist"),
-    "cifar10": (CIFAR10DataModule, "../shared/data/cifar10"),
-    "imdb": (IMDBDataModule, "../shared/data/imdb"),
-}
+from common import record, table
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TASKS = {"mnist": MNISTDataModule, "cifar10": CIFAR10DataModule, "imdb": IMDBDataModule}
 
 
 def backbone(task: str, args: argparse.Namespace) -> torch.nn.Module:
@@ -42,9 +41,15 @@ def backbone(task: str, args: argparse.Namespace) -> torch.nn.Module:
 
 
 def datamodule(task: str, args: argparse.Namespace) -> L.LightningDataModule:
-    data_class, default_dir = TASKS[task]
+    data_class, default_dir = TASKS[task], SHARED_DATA / task
     kwargs = {"vocab_size": args.vocab_size, "max_length": args.max_length} if task == "imdb" else {}
-    return data_class(data_dir=args.data_dir or default_dir, batch_size=64, num_workers=args.num_workers, **kwargs)
+    return data_class(
+        data_dir=args.data_dir or default_dir,
+        batch_size=64,
+        num_workers=args.num_workers,
+        val_size=args.val_size,
+        **kwargs,
+    )
 
 
 def run_arm(args: argparse.Namespace, pruned: bool) -> dict:
@@ -96,6 +101,7 @@ def main() -> None:
     parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--val-size", type=int, default=5000)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for the latency figures")
     parser.add_argument("--vocab-size", type=int, default=20000)
     parser.add_argument("--hidden-size", type=int, default=256)
@@ -123,6 +129,7 @@ def main() -> None:
     body = (
         f"task {args.task}, {args.epochs} epochs, limit_train_batches {args.limit_train_batches}, target sparsity "
         f"{args.target} (reached {pruned['sparsity']:.4f}), seed {args.seed}, precision {args.precision}, "
+        f"data {args.data_dir or SHARED_DATA / args.task} (val_size {args.val_size}), "
         f"accelerator {args.accelerator}; both arms in one process, unpruned first. Latency: median of 20 after "
         f"warm-up, CPU pinned to {args.threads} threads; the pruned arm is its compact export.\n\n"
         + table(["", "unpruned", "structured pruned", "ratio"], rows)

@@ -165,6 +165,8 @@ class RealTimePruningCallback(Callback):
         self.example_input: structured.Inputs | None = None
         self._module: L.LightningModule | None = None
         self.final_profile: dict[str, float] | None = None
+        self._trained: list[torch.nn.Parameter] = []  # whose gradient norm is tracked, listed once per fit
+        self._batch_idx = 0
 
     # -- public read-outs -----------------------------------------------------------------------------------------
 
@@ -193,6 +195,8 @@ class RealTimePruningCallback(Callback):
         ``module.example_input_array``).
         """
         example = self.example_input if self.example_input is not None else getattr(module, "example_input_array", None)
+        if example is not None:
+            example = _to_device_of(module, example)
         return structured.compact_copy(module, example, self._roots(module))
 
     @property
@@ -249,6 +253,10 @@ class RealTimePruningCallback(Callback):
         return roots
 
     def on_fit_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        # setup() ran before the strategy moved the model to its device: bring the per-weight buffers along
+        self.masks.follow_weights()
+        self.saliency.follow_weights()
+        self._trained = [p for p in pl_module.parameters() if p.requires_grad]
         if self.end_epoch is None:
             max_epochs = trainer.max_epochs
             if max_epochs is None or max_epochs < 0:
@@ -266,6 +274,7 @@ class RealTimePruningCallback(Callback):
     # -- per step: cheap, in place --------------------------------------------------------------------------------
 
     def on_train_batch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch: Any, batch_idx: int):
+        self._batch_idx = batch_idx
         if self.example_input is None:
             self.example_input = structured.as_inputs(batch)
             if self.example_input is None:
@@ -276,9 +285,12 @@ class RealTimePruningCallback(Callback):
     ) -> None:
         # gradients here are final: unscaled under AMP, all-reduced under DDP
         self.masks.mask_gradients()
+        if not self._near_decision(trainer):
+            self.saliency.skip()
+            return
         if not self._done and self._in_window(trainer.current_epoch):
             self.saliency.update()
-        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        grads = [p.grad for p in self._trained if p.grad is not None]
         if grads:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
             self._grad_norm_sum = norm.detach() if self._grad_norm_sum is None else self._grad_norm_sum + norm
@@ -413,6 +425,7 @@ class RealTimePruningCallback(Callback):
         self.saliency.updates = old_saliency.updates
         for name, running in old_saliency.running.items():
             self.saliency.running[name] = structured.slice_like(running, slices.get(name, []))
+        self._trained = [p for p in pl_module.parameters() if p.requires_grad]
         if rebuild_optimizer:
             _rebuild_optimizers(trainer, pl_module, old_states, slices)
 
@@ -445,7 +458,8 @@ class RealTimePruningCallback(Callback):
         if self.example_input is None or not trainer.is_global_zero:
             return
         final = self.export(pl_module) if self.mode == "structured" else pl_module
-        self.final_profile = profile(final, self.example_input)
+        # Lightning has moved the model back to the CPU by now; the example was captured on the training device
+        self.final_profile = profile(final, _to_device_of(final, self.example_input))
         for logger in trainer.loggers:
             logger.log_metrics(
                 {f"pruning/final/{k}": float(v) for k, v in self.final_profile.items()}, trainer.global_step
@@ -481,6 +495,19 @@ class RealTimePruningCallback(Callback):
         self._grad_norm_sum, self._grad_norm_steps = None, 0
         # identical on every rank after the gradient all-reduce, up to float noise: reduce to be exact
         return float(trainer.strategy.reduce(mean, reduce_op="mean"))
+
+    def _near_decision(self, trainer: "L.Trainer") -> bool:
+        """Whether this step still weighs in the next decision. The running saliency forgets at rate ``beta``: a step
+        more than ``4 / (1 - beta)`` steps before the decision keeps under e^-4 (2%) of its weight, so those steps are
+        skipped, along with the gradient norm, and the per-step cost is paid only near each decision."""
+        horizon = math.ceil(4 / (1 - self.saliency_beta) - 1e-9) * max(1, trainer.accumulate_grad_batches)
+        if self.interval_unit == "step":
+            return self.interval - trainer.global_step % self.interval <= horizon
+        batches = trainer.num_training_batches
+        if not math.isfinite(batches):
+            return True
+        epochs_after_this = self.interval - 1 - trainer.current_epoch % self.interval
+        return (batches - self._batch_idx - 1) + epochs_after_this * batches < horizon
 
     def _in_window(self, epoch: int) -> bool:
         return self.start_epoch <= epoch < (self.end_epoch if self.end_epoch is not None else math.inf)
@@ -519,7 +546,7 @@ class RealTimePruningCallback(Callback):
         if self.example_input is not None:
             # MACs per sample, each layer discounted by its weight density (structured: of the shrunk model)
             metrics["pruning/flops"] = float(
-                profile(pl_module, self.example_input, warmup=0, repeats=1)["flops_effective"]
+                profile(pl_module, _to_device_of(pl_module, self.example_input), warmup=0, repeats=1)["flops_effective"]
             )
         if self.log_layers:
             for name, weight in self._prunable_now().items():
@@ -569,6 +596,11 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
 def _check_int(name: str, value: Any, minimum: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+
+
+def _to_device_of(module: torch.nn.Module, inputs: structured.Inputs) -> structured.Inputs:
+    device = next(module.parameters()).device
+    return tuple(t.to(device) for t in inputs) if isinstance(inputs, tuple) else inputs.to(device)
 
 
 def _resize_before_loading(pl_module: "L.LightningModule") -> None:

@@ -45,6 +45,7 @@ class Saliency:
         self.beta = beta
         self.weights = dict(weights)
         self.updates = 0
+        self.skipped = 0  # steps since the last update, folded in as a decay by the next one
         self.running: dict[str, Tensor] = {}
         if self.accumulates:
             self.running = {
@@ -54,6 +55,11 @@ class Saliency:
     @property
     def accumulates(self) -> bool:
         return self.method != "magnitude"
+
+    def follow_weights(self) -> None:
+        """Move the running scores to their weights' devices (the model may have moved since they were made)."""
+        for name, running in self.running.items():
+            self.running[name] = running.to(self.weights[name].device)
 
     @torch.no_grad()
     def update(self) -> None:
@@ -65,14 +71,21 @@ class Saliency:
             return
         grads = [self.weights[n].grad for n in names]
         running = [self.running[n] for n in names]
+        # skipped steps count as steps that brought nothing: the history decays as if they had happened
+        decay = self.beta ** (self.skipped + 1)
+        self.skipped = 0
         if self.method == "taylor":
             fresh = torch._foreach_mul([self.weights[n] for n in names], grads)
             torch._foreach_abs_(fresh)
         else:
             fresh = torch._foreach_abs(grads)
-        torch._foreach_mul_(running, self.beta)
+        torch._foreach_mul_(running, decay)
         torch._foreach_add_(running, fresh, alpha=1 - self.beta)
         self.updates += 1
+
+    def skip(self) -> None:
+        """A step whose gradient is not folded in (too far from the next decision to matter)."""
+        self.skipped += 1
 
     @torch.no_grad()
     def scores(self) -> dict[str, Tensor]:
@@ -92,5 +105,6 @@ class Saliency:
         if state["method"] != self.method:
             raise ValueError(f"saved saliency is {state['method']!r}, this callback uses {self.method!r}")
         self.updates = state["updates"]
+        self.skipped = state.get("skipped", 0)
         for name, value in state["running"].items():
             self.running[name] = value.to(self.weights[name].device)

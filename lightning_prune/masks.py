@@ -44,6 +44,7 @@ class PruningMasks:
         # flat indices and values of the last cut, per weight, so that a rollback can restore them exactly
         self.last_cut: dict[str, tuple[Tensor, Tensor]] = {}
         self._active: list[str] = []
+        self._keep: list[Tensor] = []
 
     # -- counting, from the weights themselves ---------------------------------------------------------------------
 
@@ -144,25 +145,34 @@ class PruningMasks:
                     if torch.is_tensor(value) and value.shape == w.shape:
                         value.view(-1)[indices.to(value.device)] = 0
 
-    @property
-    def any_pruned(self) -> bool:
-        return bool(self._active)
+    def follow_weights(self) -> None:
+        """Move the masks to their weights' devices (the model may have moved since they were made)."""
+        for name, weight in self.weights.items():
+            self.pruned[name] = self.pruned[name].to(weight.device)
+            if name in self.last_cut:
+                self.last_cut[name] = tuple(t.to(weight.device) for t in self.last_cut[name])
+        self._keep = [(~self.pruned[n]).to(self.weights[n].dtype) for n in self._active]
 
     def refresh(self) -> None:
-        """Recompute which weights have cut entries (the per-step work skips the others)."""
+        """Recompute which weights have cut entries (the per-step work touches only those)."""
         self._active = [name for name, p in self.pruned.items() if bool(p.any())]
+        # multiplying by a mask of the weight's own dtype is ~10x faster than by a bool mask (no conversion) or
+        # masked_fill (no fused multi-tensor kernel); it costs one weight-sized buffer per pruned tensor
+        self._keep = [(~self.pruned[n]).to(self.weights[n].dtype) for n in self._active]
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
-        for name in self._active:
-            grad = self.weights[name].grad
-            if grad is not None:
-                grad.masked_fill_(self.pruned[name], 0)
+        """Zero the gradients of cut weights: one fused multi-tensor kernel, however many layers."""
+        pairs = [(self.weights[n].grad, keep) for n, keep in zip(self._active, self._keep, strict=True)]
+        pairs = [(grad, keep) for grad, keep in pairs if grad is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [k for _, k in pairs])
 
     @torch.no_grad()
     def apply(self) -> None:
-        for name in self._active:
-            self.weights[name].masked_fill_(self.pruned[name], 0)
+        """Zero the cut weights again (after an optimizer step), fused like :meth:`mask_gradients`."""
+        if self._active:
+            torch._foreach_mul_([self.weights[n] for n in self._active], self._keep)
 
     # -- persistence ----------------------------------------------------------------------------------------------
 

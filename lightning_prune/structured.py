@@ -44,6 +44,8 @@ class ChannelGroup:
     size: int
     members: list[Member] = field(default_factory=list)
     root: nn.Module | None = None  # torch-pruning's root layer (None for LSTM groups)
+    # groups with the same tie lose the same number of channels (the layers of one nn.LSTM share a hidden size)
+    tie: str | None = None
 
 
 # -- finding groups ---------------------------------------------------------------------------------------------------
@@ -118,7 +120,7 @@ def _lstm_groups(model: nn.Module, names: dict[int, str]) -> list[ChannelGroup]:
             elif consumer is not None:
                 members.append(Member(names[id(consumer[1].weight)], 1, units, produces=False))
             prefix = f"{lstm_name}." if lstm_name else ""
-            groups.append(ChannelGroup(f"{prefix}l{layer}", hidden, members))
+            groups.append(ChannelGroup(f"{prefix}l{layer}", hidden, members, tie=lstm_name))
     return groups
 
 
@@ -158,7 +160,8 @@ def find_groups(
     recurrent = [m for m in model.modules() if isinstance(m, nn.RNNBase)]
     # the classifier is traced (its inputs shrink with the layer before it) but never a root: its outputs are classes
     ignored = recurrent + ([modules[classifier]] if classifier else [])
-    with _eval_forward(model):
+    # torch-pruning traces through autograd: allow it even when called under no_grad / inference_mode
+    with _eval_forward(model), torch.inference_mode(False), torch.enable_grad():
         graph = tp.DependencyGraph().build_dependency(
             model, example_inputs=inputs, forward_fn=lambda m, x: m(*x), ignored_layers=recurrent, verbose=False
         )
@@ -233,14 +236,14 @@ def select_channels(
     Saliency is normalised per group (each group's mean is 1) so layers of different scale compete fairly, and
     divided by the channel's share of weights: a channel that frees many weights for little saliency goes first,
     one that frees few (an input convolution's filter) is protected. Every group keeps at least
-    ``max(1, ceil(min_layer_density * size))`` channels.
+    ``max(1, ceil(min_layer_density * size))`` channels. Tied groups (the layers of one nn.LSTM, which share one
+    hidden size) lose channels together, the r-th cheapest of each at once, so the removal really shrinks them.
     """
-    candidates = []
-    mean_cost = float(torch.cat([c for c in costs]).mean()) if costs else 1.0
+    mean_cost = float(torch.cat(list(costs)).mean()) if costs else 1.0
+    ranked: dict[int, list[tuple[float, int, float]]] = {}
     for index, (group, score, cost, removed) in enumerate(zip(groups, scores, costs, gone, strict=True)):
         alive = (~removed).nonzero().squeeze(1)
-        keep_at_least = max(1, math.ceil(min_layer_density * group.size))
-        removable = len(alive) - keep_at_least
+        removable = len(alive) - max(1, math.ceil(min_layer_density * group.size))
         if removable <= 0:
             continue
         alive_scores = score[alive]
@@ -248,18 +251,33 @@ def select_channels(
         normalised = alive_scores / scale if scale > 0 else torch.zeros_like(alive_scores)
         per_weight = normalised / (cost[alive] / mean_cost).clamp(min=1e-12)
         order = per_weight.argsort()[:removable]
-        candidates += [(float(per_weight[i]), index, int(alive[i]), float(cost[alive[i]])) for i in order]
-    candidates.sort()
+        ranked[index] = [(float(per_weight[i]), int(alive[i]), float(cost[alive[i]])) for i in order]
+    # a candidate is one channel, or, for tied groups, the r-th cheapest channel of each of them together
+    candidates: list[tuple[float, float, list[tuple[int, int]]]] = []
+    ties: dict[str, list[int]] = {}
+    for index in ranked:
+        tie = groups[index].tie
+        if tie is None:
+            candidates += [(key, cost, [(index, channel)]) for key, channel, cost in ranked[index]]
+        else:
+            ties.setdefault(tie, []).append(index)
+    for members in ties.values():
+        if len(members) < sum(1 for g in groups if g.tie == groups[members[0]].tie):
+            continue  # a tied group that can lose nothing holds the others back
+        for rank in range(min(len(ranked[i]) for i in members)):
+            picks = [ranked[i][rank] for i in members]
+            key = sum(p[0] for p in picks) / len(picks)
+            candidates.append((key, sum(p[2] for p in picks), [(i, p[1]) for i, p in zip(members, picks, strict=True)]))
+    candidates.sort(key=lambda c: c[0])
     chosen: dict[str, list[int]] = {}
     spent = 0.0
-    for _, index, channel, cost in candidates:
-        if spent + cost > budget:
-            if spent == 0 and cost <= 2 * budget:
-                pass  # a single channel larger than the budget: take it rather than never pruning
-            else:
-                continue
+    for _, cost, picks in candidates:
+        # a first channel larger than the budget is still taken (up to twice the budget) rather than never pruning
+        if spent + cost > budget and not (spent == 0 and cost <= 2 * budget):
+            continue
         spent += cost
-        chosen.setdefault(groups[index].name, []).append(channel)
+        for index, channel in picks:
+            chosen.setdefault(groups[index].name, []).append(channel)
     return {name: torch.tensor(sorted(chs), dtype=torch.long) for name, chs in chosen.items()}
 
 

@@ -6,13 +6,14 @@ import warnings
 import lightning as L
 import pytest
 import torch
-from helpers import TinyNet, loader, quiet_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from lightning_prune import ClassificationModule, RealTimePruningCallback
 from lightning_prune.models import LSTMClassifier
+
+from helpers import TinyNet, loader, quiet_trainer
 
 
 class ZeroChecker(Callback):
@@ -245,3 +246,11 @@ def test_no_warnings_from_a_plain_run():
         warnings.filterwarnings("ignore", message=".*does not have many workers.*")
         warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
         quiet_trainer(max_epochs=2, callbacks=[RealTimePruningCallback(monitor="objective")]).fit(TinyNet(), loader())
+
+
+def test_saliency_is_only_accumulated_where_it_still_weighs_in_the_decision():
+    # beta 0.9: a step 40 steps before the decision keeps e^-4 of its weight; the earlier ones are skipped
+    pruning = RealTimePruningCallback(monitor="objective", saliency_beta=0.9)
+    quiet_trainer(max_epochs=1, callbacks=[pruning]).fit(TinyNet(), loader(samples=64 * 16))  # 64 steps
+    assert pruning.saliency.updates == 40
+    assert pruning.history[0]["grad_norm"] is not None

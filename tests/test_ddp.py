@@ -2,10 +2,11 @@
 
 import pytest
 import torch
-from helpers import TinyNet, loader, quiet_trainer
 from lightning.pytorch.callbacks import Callback
 
 from lightning_prune import RealTimePruningCallback
+
+from helpers import TinyNet, loader, quiet_trainer
 
 
 class SaveRankState(Callback):

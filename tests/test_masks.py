@@ -130,3 +130,30 @@ def test_magnitude_saliency_reads_the_weights_now():
         w.mul_(-2)
     assert torch.equal(saliency.scores()["w"], torch.tensor([6.0, 1.0]))
     assert saliency.running == {}  # no buffer: nothing to accumulate
+
+
+def test_buffers_follow_their_weights_to_another_device():
+    # Lightning calls setup() before the strategy moves the model: the buffers must follow it in on_fit_start
+    w = nn.Parameter(torch.randn(4, 4))
+    masks = PruningMasks({"w": w})
+    masks.cut(masks.select({"w": w.detach().abs()}, 3, 0.0))
+    saliency = Saliency({"w": w}, method="taylor")
+    on_device = w.detach().to("meta")  # stands for the weight once the strategy moved it (no GPU in tests)
+    masks.weights["w"] = saliency.weights["w"] = on_device
+    masks.follow_weights()
+    saliency.follow_weights()
+    assert masks.pruned["w"].device.type == "meta"
+    assert all(t.device.type == "meta" for t in masks.last_cut["w"])
+    assert saliency.running["w"].device.type == "meta"
+
+
+def test_skipped_steps_decay_the_history_as_if_they_brought_nothing():
+    w = nn.Parameter(torch.tensor([1.0]))
+    saliency = Saliency({"w": w}, method="gradient", beta=0.5)
+    w.grad = torch.tensor([8.0])
+    saliency.update()  # 4
+    saliency.skip()
+    saliency.skip()
+    w.grad = torch.tensor([2.0])
+    saliency.update()  # 0.5^3 * 4 + 0.5 * 2
+    assert saliency.scores()["w"].item() == pytest.approx(1.5)

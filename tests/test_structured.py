@@ -3,7 +3,6 @@
 import lightning as L
 import pytest
 import torch
-from helpers import TinyNet, loader, quiet_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
@@ -17,6 +16,8 @@ from lightning_prune.structured import (
     last_linear,
     match_architecture,
 )
+
+from helpers import TinyNet, loader, quiet_trainer
 
 
 def tokens_and_lengths(batch=4, length=9, vocab=50, seed=0):
