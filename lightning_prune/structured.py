@@ -14,7 +14,7 @@ physically afterwards therefore changes nothing in what the network computes, on
 
 import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,28 +182,38 @@ def find_groups(
 # -- scores and selection ----------------------------------------------------------------------------------------
 
 
+def _per_channel(group: ChannelGroup, per_position: Callable[[Member], Tensor | None]) -> Tensor:
+    """Sum a per-position quantity of every member into the group's channels."""
+    total = torch.zeros(group.size, dtype=torch.float64)
+    for member in group.members:
+        values = per_position(member)
+        if values is not None:
+            total.index_add_(0, member.channel, values.double().cpu())
+    return total
+
+
 def channel_scores(group: ChannelGroup, saliency: Mapping[str, Tensor]) -> Tensor:
     """A group's channel saliency: the sum of its members' saliency over each channel's slices."""
-    score = torch.zeros(group.size, dtype=torch.float64)
-    for member in group.members:
+
+    def per_position(member: Member) -> Tensor | None:
         values = saliency.get(member.param)
         if values is None:
-            continue
-        per_position = values.detach().abs().transpose(0, member.dim).reshape(values.shape[member.dim], -1).sum(1)
-        score.index_add_(0, member.channel.to(per_position.device).cpu(), per_position.double().cpu())
-    return score
+            return None
+        return values.detach().abs().transpose(0, member.dim).reshape(values.shape[member.dim], -1).sum(1)
+
+    return _per_channel(group, per_position)
 
 
 def channel_cost(group: ChannelGroup, weights: Mapping[str, Tensor]) -> Tensor:
     """How many prunable-weight entries each channel of the group holds (what removing it saves)."""
-    cost = torch.zeros(group.size, dtype=torch.float64)
-    for member in group.members:
+
+    def per_position(member: Member) -> Tensor | None:
         weight = weights.get(member.param)
         if weight is None:
-            continue
-        per_position = weight.numel() // weight.shape[member.dim]
-        cost.index_add_(0, member.channel, torch.full((len(member.channel),), float(per_position), dtype=torch.float64))
-    return cost
+            return None
+        return torch.full((weight.shape[member.dim],), float(weight.numel() // weight.shape[member.dim]))
+
+    return _per_channel(group, per_position)
 
 
 def removed_channels(group: ChannelGroup, pruned: Mapping[str, Tensor]) -> Tensor:
