@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_prune import structured
-from lightning_prune.controller import Action, Decision, RatioController
+from lightning_prune.controller import Action, Decision, RatioController, cuts_to_target
 from lightning_prune.importance import IMPORTANCE_METHODS, Saliency
 from lightning_prune.masks import PruningMasks, prunable_weights
 from lightning_prune.profiling import profile
@@ -265,10 +265,24 @@ class RealTimePruningCallback(Callback):
                     f"(got max_epochs={max_epochs})"
                 )
             self.end_epoch = max(self.start_epoch + 1, int(DEFAULT_END_FRACTION * max_epochs))
+        self._warn_if_target_is_out_of_reach(trainer)
         if self.verbose:
             rank_zero_info(
                 f"RealTimePruningCallback ({self.mode}): pruning {len(self._prunable)} weight tensors "
                 f"({self._initial_weights:,} weights), epochs [{self.start_epoch}, {self.end_epoch})"
+            )
+
+    def _warn_if_target_is_out_of_reach(self, trainer: "L.Trainer") -> None:
+        target, max_ratio = self.target_sparsity, self.controller.max_ratio
+        if target is None or self.interval_unit != "epoch":
+            return
+        intervals = sum(1 for e in range(self.start_epoch, self.end_epoch) if (e + 1) % self.interval == 0)
+        if cuts_to_target(0.0, target, max_ratio) > intervals + 1e-9:
+            reachable = 1 - (1 - max_ratio) ** intervals
+            rank_zero_warn(
+                f"RealTimePruningCallback: target_sparsity={target} cannot be reached in the {intervals} pruning "
+                f"interval(s) before end_epoch={self.end_epoch} at max_ratio={max_ratio} (at most {reachable:.4f}). "
+                "Raise `max_ratio`, `end_epoch` or the Trainer's `max_epochs`."
             )
 
     # -- per step: cheap, in place --------------------------------------------------------------------------------

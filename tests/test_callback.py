@@ -254,3 +254,11 @@ def test_saliency_is_only_accumulated_where_it_still_weighs_in_the_decision():
     quiet_trainer(max_epochs=1, callbacks=[pruning]).fit(TinyNet(), loader(samples=64 * 16))  # 64 steps
     assert pruning.saliency.updates == 40
     assert pruning.history[0]["grad_norm"] is not None
+
+
+def test_a_target_out_of_reach_is_said_at_fit_start():
+    # 2 intervals at max_ratio 0.5 remove at most 75% of the weights
+    pruning = RealTimePruningCallback(monitor="objective", target_sparsity=0.9, max_ratio=0.5, end_epoch=2)
+    with pytest.warns(UserWarning, match=r"target_sparsity=0.9 cannot be reached.*at most 0.7500.*max_ratio"):
+        quiet_trainer(max_epochs=3, callbacks=[pruning]).fit(TinyNet(), loader())
+    assert pruning.sparsity == pytest.approx(0.75, abs=1e-3)
