@@ -57,6 +57,9 @@ class RealTimePruningCallback(Callback):
         rollback_tolerance: Relative rise that triggers a rollback, >= 0.
         cooldown: Intervals to pause after a rollback, >= 0.
         min_layer_density: No weight tensor keeps fewer than this fraction of its entries, in [0, 1].
+        normalize_per_layer: Divide the saliency by each layer's mean before ranking globally, so every layer loses
+            about the same fraction (the default); False ranks the raw saliency, so the layers that matter least by
+            its measure lose the most (closer to global magnitude pruning).
         parameters: Glob patterns of parameter names to prune instead of the default choice (Conv/Linear/LSTM/GRU
             weights but the final classifier).
         exclude: Glob patterns of parameter names never to prune.
@@ -103,6 +106,7 @@ class RealTimePruningCallback(Callback):
         rollback_tolerance: float = 0.10,
         cooldown: int = 1,
         min_layer_density: float = 0.02,
+        normalize_per_layer: bool = True,
         parameters: list[str] | None = None,
         exclude: list[str] | None = None,
         saliency_beta: float = 0.99,
@@ -142,6 +146,7 @@ class RealTimePruningCallback(Callback):
         self.end_epoch = end_epoch
         self.monitor = monitor
         self.min_layer_density = min_layer_density
+        self.normalize_per_layer = bool(normalize_per_layer)
         self.parameters = list(parameters) if parameters is not None else None
         self.exclude = list(exclude) if exclude is not None else None
         self.saliency_beta = saliency_beta
@@ -382,7 +387,7 @@ class RealTimePruningCallback(Callback):
             return 0
         count = self._cut_count(decision.ratio, sparsity)
         if self.mode == "unstructured":
-            selection = masks.select(self.saliency.scores(), count, self.min_layer_density)
+            selection = masks.select(self.saliency.scores(), count, self.min_layer_density, self.normalize_per_layer)
         else:
             selection = self._select_channels(pl_module, count)
         # under DDP every rank must hold rank 0's masks, bit for bit
@@ -408,6 +413,7 @@ class RealTimePruningCallback(Callback):
             [structured.removed_channels(g, self.masks.pruned) for g in groups],
             budget=count,
             min_layer_density=self.min_layer_density,
+            normalize_per_layer=self.normalize_per_layer,
         )
         by_name = {g.name: g for g in groups}
         selection: dict[str, torch.Tensor] = {}

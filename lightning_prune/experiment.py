@@ -14,6 +14,8 @@ arms (Lightning), and the outputs (tables, plots, report, W&B).
 import argparse
 import json
 import math
+import re
+import shlex
 import shutil
 import signal
 import sys
@@ -1264,10 +1266,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline", action="append", choices=BASELINES, default=[],
                         help="extra arm at the pruned arm's target sparsity and window: Lightning's ModelPruning "
                         "(uniform global L1) or gmp (cubic gradual magnitude); repeatable")  # fmt: skip
+    parser.add_argument("--arm", action="append", default=[], metavar="NAME=OPTIONS", type=_arm_option,
+                        help="extra pruned arm: the pruned arm's configuration plus OPTIONS, e.g. "
+                        "--arm 'structured=--pruning.mode=structured' or --arm 't95=--pruning.target_sparsity=0.95'; "
+                        "repeatable")  # fmt: skip
     parser.add_argument("--no-wandb", action="store_true", help="log each run with a CSVLogger instead of W&B")
     parser.add_argument("--profile-threads", type=int, default=1, metavar="N",
                         help="CPU threads while timing the final model's latency (default: 1)")  # fmt: skip
     return parser
+
+
+ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*")
+
+
+def _arm_option(text: str) -> tuple[str, tuple[str, ...]]:
+    """``NAME=OPTIONS`` of ``--arm``: the arm's name and its extra options, split like a shell would.
+
+    Example:
+        >>> _arm_option("structured=--pruning.mode structured --pruning.max_ratio=0.7")
+        ('structured', ('--pruning.mode', 'structured', '--pruning.max_ratio=0.7'))
+    """
+    name, _, options = text.partition("=")
+    if not ARM_NAME.fullmatch(name) or "-seed" in name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=OPTIONS with NAME made of letters, digits, _ and .")
+    if name in (UNPRUNED, PRUNED, *BASELINES):
+        raise argparse.ArgumentTypeError(f"{text!r}: {name!r} is a built-in arm; choose another name")
+    split = tuple(shlex.split(options))
+    if not split:
+        raise argparse.ArgumentTypeError(f"{text!r}: no options after {name}=; an arm must differ from `pruned`")
+    return name, split
 
 
 class _ConfigOnly(LightningPruneCLI):
@@ -1341,10 +1368,27 @@ def plan_comparison(parser: argparse.ArgumentParser, options: argparse.Namespace
     pruning_args = pruning.get("init_args") or Namespace()
 
     arms = [Arm(UNPRUNED, plain), Arm(PRUNED, pruned)]
+    names = [name for name, _ in options.arm]
+    if len(set(names)) < len(names):
+        parser.error(f"argument --arm: each arm needs its own name, got {', '.join(names)}")
+    for name, options_of_arm in options.arm:
+        arm_args = (*pruned, *options_of_arm)
+        if parse_arm(arm_args).get("pruning") is None:
+            parser.error(f"argument --arm: {name} configures no `pruning:` callback")
+        arms.append(Arm(name, arm_args))
     for baseline in dict.fromkeys(options.baseline):
         arms.append(Arm(baseline, plain, _baseline_amounts(parser, baseline, pruning_args, pruned_config)))
     output = Path(options.output or f"runs/compare-{Path(options.config[0]).stem}").resolve()
     project = _wandb_project(plain_config)
+    settings = {
+        "configs": configs,
+        "prune_config": str(Path(options.prune_config).resolve()),
+        "overrides": overrides,
+        "no_wandb": bool(options.no_wandb),
+        "profile_threads": options.profile_threads,
+    }
+    if options.arm:
+        settings["arms"] = {name: list(args) for name, args in options.arm}
     return Comparison(
         output=output,
         seeds=list(range(options.seeds)),
@@ -1354,13 +1398,7 @@ def plan_comparison(parser: argparse.ArgumentParser, options: argparse.Namespace
         profile_threads=options.profile_threads,
         parameters=pruning_args.get("parameters"),
         exclude=pruning_args.get("exclude"),
-        settings={
-            "configs": configs,
-            "prune_config": str(Path(options.prune_config).resolve()),
-            "overrides": overrides,
-            "no_wandb": bool(options.no_wandb),
-            "profile_threads": options.profile_threads,
-        },
+        settings=settings,
     )
 
 

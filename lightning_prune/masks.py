@@ -67,11 +67,15 @@ class PruningMasks:
     # -- selection -----------------------------------------------------------------------------------------------
 
     @torch.no_grad()
-    def select(self, scores: Mapping[str, Tensor], count: int, min_layer_density: float) -> dict[str, Tensor]:
+    def select(
+        self, scores: Mapping[str, Tensor], count: int, min_layer_density: float, normalize_per_layer: bool = True
+    ) -> dict[str, Tensor]:
         """Choose ``count`` remaining weights with the lowest saliency, globally across weights.
 
-        Scores are divided by each weight's mean remaining score first, so layers of different scale compete fairly,
-        and no weight tensor is left with fewer than ``ceil(min_layer_density * numel)`` remaining entries.
+        With ``normalize_per_layer`` scores are divided by each weight's mean remaining score first, so every layer
+        loses about the same fraction; without it the raw scores compete, so layers whose weights matter less (by
+        the saliency's own measure) lose more. No weight tensor is left with fewer than
+        ``ceil(min_layer_density * numel)`` remaining entries.
 
         Returns:
             Flat indices to cut, per weight name (only weights that lose something).
@@ -83,8 +87,9 @@ class PruningMasks:
             if removable <= 0:
                 continue
             score = scores[name].reshape(-1)[remaining].float()
-            scale = score.mean()
-            score = score / scale if scale > 0 else torch.zeros_like(score)
+            if normalize_per_layer:
+                scale = score.mean()
+                score = score / scale if scale > 0 else torch.zeros_like(score)
             if removable < remaining.numel():
                 # protect the layer's most salient survivors: they cannot be chosen
                 protected = torch.topk(score, remaining.numel() - removable).indices

@@ -239,15 +239,17 @@ def select_channels(
     gone: Sequence[Tensor],
     budget: float,
     min_layer_density: float,
+    normalize_per_layer: bool = True,
 ) -> dict[str, Tensor]:
     """Channels to cut, cheapest first: the lowest saliency per weight saved (a greedy knapsack), until their
     weights fill ``budget``.
 
-    Saliency is normalised per group (each group's mean is 1) so layers of different scale compete fairly, and
-    divided by the channel's share of weights: a channel that frees many weights for little saliency goes first,
-    one that frees few (an input convolution's filter) is protected. Every group keeps at least
-    ``max(1, ceil(min_layer_density * size))`` channels. Tied groups (the layers of one nn.LSTM, which share one
-    hidden size) lose channels together, the r-th cheapest of each at once, so the removal really shrinks them.
+    Saliency is normalised per group (each group's mean is 1, unless ``normalize_per_layer`` is False) so layers of
+    different scale compete fairly, and divided by the channel's share of weights: a channel that frees many weights
+    for little saliency goes first, one that frees few (an input convolution's filter) is protected. Every group
+    keeps at least ``max(1, ceil(min_layer_density * size))`` channels. Tied groups (the layers of one nn.LSTM, which
+    share one hidden size) lose channels together, the r-th cheapest of each at once, so the removal really shrinks
+    them.
     """
     mean_cost = float(torch.cat(list(costs)).mean()) if costs else 1.0
     ranked: dict[int, list[tuple[float, int, float]]] = {}
@@ -257,7 +259,7 @@ def select_channels(
         if removable <= 0:
             continue
         alive_scores = score[alive]
-        scale = alive_scores.mean()
+        scale = alive_scores.mean() if normalize_per_layer else 1.0
         normalised = alive_scores / scale if scale > 0 else torch.zeros_like(alive_scores)
         per_weight = normalised / (cost[alive] / mean_cost).clamp(min=1e-12)
         order = per_weight.argsort()[:removable]

@@ -221,6 +221,26 @@ def comparison(tiny_mnist, tmp_path_factory) -> Path:
     return output
 
 
+def test_extra_arms_are_the_pruned_arm_plus_their_options(tiny_mnist, tmp_path, capsys):
+    output = tmp_path / "arms"
+    arm = "t30=--pruning.target_sparsity 0.3 --pruning.normalize_per_layer=false"
+    main(compare_args(tiny_mnist, output, "--seeds", "1", "--no-wandb", "--arm", arm))
+    results = pd.read_csv(output / "results.csv").set_index("arm")
+    assert list(results.index) == ["unpruned", "pruned", "t30"]
+    # one interval in the window: the pruned arm goes as far as max_ratio 0.5 allows, t30 stops at its own target
+    assert results.loc["pruned", "sparsity"] == pytest.approx(0.5, abs=1e-3)
+    assert results.loc["t30", "sparsity"] == pytest.approx(0.3, abs=1e-3)
+    config = next((output / "runs/t30-seed0").rglob("config.yaml")).read_text()
+    assert "normalize_per_layer: false" in config and "target_sparsity: 0.3" in config
+    summary = json.loads((output / "summary.json").read_text())
+    pairs = [(c["arm"], c["reference"]) for c in summary["comparisons"]]
+    assert pairs == [("pruned", "unpruned"), ("t30", "unpruned"), ("pruned", "t30")]
+    # the arms are part of the comparison's settings: another arm in the same folder is refused
+    with pytest.raises(SystemExit) as error:
+        main(compare_args(tiny_mnist, output, "--seeds", "1", "--no-wandb", "--arm", "t4=--pruning.target_sparsity=.4"))
+    assert error.value.code == 2 and "arms differ" in capsys.readouterr().err
+
+
 def test_comparison_writes_results_curves_summary_report_and_plots(comparison):
     results = pd.read_csv(comparison / "results.csv")
     assert sorted(zip(results["arm"], results["seed"], strict=True)) == [
@@ -300,6 +320,8 @@ def test_results_notebook_runs_on_a_comparison(comparison, monkeypatch, tmp_path
         ({"--baseline": "magic"}, "argument --baseline: invalid choice: 'magic'"),
         ({"--baseline": "gmp", "--pruning.target_sparsity": "null"}, "argument --baseline: gmp prunes to the pruned"),
         ({"--seed_everything": "3"}, "argument --seed_everything: set by `compare`"),
+        ({"--arm": "pruned=--pruning.max_ratio=0.7"}, "argument --arm: 'pruned=--pruning.max_ratio=0.7': 'pruned' is"),
+        ({"--arm": "wide"}, "argument --arm: 'wide': no options after wide="),
     ],
 )
 def test_bad_arguments_exit_2_naming_the_argument(change, message, tmp_path, capsys):

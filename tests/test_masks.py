@@ -45,6 +45,18 @@ def test_selection_is_global_over_normalised_scores_and_exact_in_count():
     assert sum(len(i) for i in masks.select({"a": torch.ones(10), "b": torch.ones(10)}, 7, 0.0).values()) == 7
 
 
+def test_without_per_layer_normalisation_the_raw_scores_compete():
+    a = nn.Parameter(torch.ones(10))
+    b = nn.Parameter(torch.ones(10))
+    masks = PruningMasks({"a": a, "b": b})
+    scores = {"a": torch.arange(10.0), "b": 1000 + torch.arange(10.0)}  # every weight of b matters more
+    selection = masks.select(scores, count=6, min_layer_density=0.2, normalize_per_layer=False)
+    assert sorted(selection) == ["a"] and sorted(selection["a"].tolist()) == [0, 1, 2, 3, 4, 5]
+    # min_layer_density still holds: a keeps 2 of its 10
+    masks.cut(masks.select(scores, count=12, min_layer_density=0.2, normalize_per_layer=False))
+    assert int((a != 0).sum()) == 2 and int((b == 0).sum()) == 4
+
+
 def test_min_layer_density_protects_each_layer():
     small = nn.Parameter(torch.ones(10))
     big = nn.Parameter(torch.ones(100))

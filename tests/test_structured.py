@@ -9,12 +9,14 @@ from torch import nn
 from lightning_prune import ClassificationModule, RealTimePruningCallback
 from lightning_prune.models import MNISTCNN, CIFARResNet18, LSTMClassifier
 from lightning_prune.structured import (
+    ChannelGroup,
     channel_elements,
     compact_copy,
     default_roots,
     find_groups,
     last_linear,
     match_architecture,
+    select_channels,
 )
 
 from helpers import TinyNet, loader, quiet_trainer
@@ -34,6 +36,19 @@ CASES = {
     "resnet18": (lambda: CIFARResNet18(), lambda: torch.randn(3, 3, 32, 32)),
     "lstm": (lambda: LSTMClassifier(vocab_size=50, embed_dim=8, hidden_size=16), tokens_and_lengths),
 }
+
+
+def test_channel_ranking_normalised_per_group_or_raw():
+    groups = [ChannelGroup("quiet", 4), ChannelGroup("loud", 4)]
+    # the loud group's channels all matter more than the quiet group's; each channel frees the same weights
+    scores = [torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([100.0, 200.0, 300.0, 400.0])]
+    costs = [torch.ones(4), torch.ones(4)]
+    gone = [torch.zeros(4, dtype=torch.bool)] * 2
+    normalised = select_channels(groups, scores, costs, gone, budget=4, min_layer_density=0.0)
+    assert {name: c.tolist() for name, c in normalised.items()} == {"quiet": [0, 1], "loud": [0, 1]}
+    raw = select_channels(groups, scores, costs, gone, budget=4, min_layer_density=0.0, normalize_per_layer=False)
+    # the quiet group gives all but the one channel every group keeps, the loud one only the rest
+    assert {name: c.tolist() for name, c in raw.items()} == {"quiet": [0, 1, 2], "loud": [0]}
 
 
 def run(model, inputs):
