@@ -308,13 +308,16 @@ def compare_arms(reference: Mapping[Any, float], other: Mapping[Any, float]) -> 
     a, b = _finite(list(reference.values())), _finite(list(other.values()))
     mean_a = float(np.mean(a)) if len(a) else None
     mean_b = float(np.mean(b)) if len(b) else None
+    differences = _paired_differences(reference, other)
     return {
         "n_reference": len(a),
         "n_other": len(b),
-        "n_pairs": len(_paired_differences(reference, other)),
+        "n_pairs": len(differences),
         "mean_reference": mean_a,
         "mean_other": mean_b,
         "difference": mean_b - mean_a if mean_a is not None and mean_b is not None else None,
+        # how far apart the arms can be, seed for seed: "within 0.1 points" is read off this interval
+        "paired_difference_t_ci": t_interval(differences),
         "paired_t": asdict(paired_t_test(reference, other)),
         "welch_t": asdict(welch_t_test(a, b)),
         "mann_whitney_u": asdict(mann_whitney_u(a, b)),
@@ -957,6 +960,28 @@ def arm_reading(summary: dict[str, Any]) -> str:
     return "Mean test accuracy: " + "; ".join(parts) + "."
 
 
+def accuracy_table(summary: dict[str, Any]) -> pd.DataFrame:
+    """Test accuracy of every pair in one table: the difference, its paired 95% CI and the tests."""
+    acc, sparsity = METRIC_BY_NAME["test_acc"], METRIC_BY_NAME["sparsity"]
+    rows = []
+    for comparison in summary["comparisons"]:
+        result = comparison["metrics"]["test_acc"]
+        interval = result.get("paired_difference_t_ci")
+        d = result["cohens_d"]["statistic"]
+        rows.append({
+            "arm vs reference": f"{comparison['arm']} vs {comparison['reference']}",
+            "sparsity (%)": f"{sparsity.show(comparison['metrics']['sparsity']['mean_other'])} vs "
+            f"{sparsity.show(comparison['metrics']['sparsity']['mean_reference'])}",
+            "difference (points)": acc.show(result["difference"]),
+            "paired 95% CI": "n/a" if interval is None else f"[{acc.show(interval[0])}, {acc.show(interval[1])}]",
+            "paired t p (primary)": _p_text(result["paired_t"]),
+            "Welch t p": _p_text(result["welch_t"]),
+            "Mann-Whitney U p": _p_text(result["mann_whitney_u"]),
+            "Cohen's d": f"{d:.2f}" if d is not None else "n/a",
+        })  # fmt: skip
+    return pd.DataFrame(rows).set_index("arm vs reference")
+
+
 def significance_reading(comparison: dict[str, Any]) -> str:
     """One sentence on a tests table: the primary (paired) test of test accuracy, and the sparsity reached."""
     arm, reference = comparison["arm"], comparison["reference"]
@@ -1145,6 +1170,12 @@ def render_report(summary: dict[str, Any], results: pd.DataFrame, plots: Sequenc
         "size. Differences are arm minus reference; p-values are two-sided and not corrected for the "
         f'{len(METRICS)} metrics. "no test" marks a test the data cannot support: fewer than 2 seeds (n < 2), or no '
         "variance (a metric that is the same in every run, such as the dense parameter count).",
+        "",
+        "### Test accuracy, every pair",
+        "",
+        "The paired 95% CI is the t-based interval of the seed-by-seed differences (arm minus reference), in points.",
+        "",
+        markdown_table(accuracy_table(summary)),
         "",
     ]
     for comparison in summary["comparisons"]:

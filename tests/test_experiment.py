@@ -78,6 +78,10 @@ def test_paired_t_test_by_hand():
     # pairs by seed, not by position: seed 3 has no partner and is left out
     shuffled = experiment.paired_t_test({2: 3.0, 0: 1.0, 1: 2.0, 3: 9.0}, {0: 2.0, 1: 4.0, 2: 5.0})
     assert shuffled.p_value == pytest.approx(result.p_value)
+    # the interval of the differences: 5/3 +- t_{0.975, 2} * sqrt(1/3) / sqrt(3), t_{0.975, 2} = 4.302653
+    low, high = experiment.compare_arms({0: 1.0, 1: 2.0, 2: 3.0}, {0: 2.0, 1: 4.0, 2: 5.0})["paired_difference_t_ci"]
+    half = 4.302653 * math.sqrt(1 / 3) / math.sqrt(3)
+    assert (low, high) == (pytest.approx(5 / 3 - half, abs=1e-5), pytest.approx(5 / 3 + half, abs=1e-5))
 
 
 def test_mann_whitney_u_and_cohens_d_by_hand():
@@ -276,7 +280,8 @@ def test_comparison_writes_results_curves_summary_report_and_plots(comparison):
 
     report = (comparison / "report.md").read_text()
     for text in ("95% confidence interval", "paired t p (primary)", "Welch t p", "Mann-Whitney U p", "Cohen's d",
-                 "### pruned vs unpruned", "### gmp vs unpruned", "### pruned vs gmp", "paired t-test"):  # fmt: skip
+                 "### pruned vs unpruned", "### gmp vs unpruned", "### pruned vs gmp", "paired t-test",
+                 "### Test accuracy, every pair", "| gmp vs unpruned | 90.00 vs 0.00 |"):  # fmt: skip
         assert text in report, text
     assert " ± " in report and "nan" not in report.lower()
     for png in PNGS:
