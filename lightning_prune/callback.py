@@ -279,6 +279,12 @@ class RealTimePruningCallback(Callback):
 
     def _warn_if_target_is_out_of_reach(self, trainer: "L.Trainer") -> None:
         target, max_ratio = self.target_sparsity, self.controller.max_ratio
+        if target is not None and target > 1 - self.min_layer_density:
+            rank_zero_warn(
+                f"RealTimePruningCallback: target_sparsity={target} cannot be reached while min_layer_density="
+                f"{self.min_layer_density} keeps that share of every layer (at most {1 - self.min_layer_density:.4f}). "
+                "Lower `min_layer_density`."
+            )
         if target is None or self.interval_unit != "epoch":
             return
         intervals = sum(1 for e in range(self.start_epoch, self.end_epoch) if (e + 1) % self.interval == 0)

@@ -262,3 +262,11 @@ def test_a_target_out_of_reach_is_said_at_fit_start():
     with pytest.warns(UserWarning, match=r"target_sparsity=0.9 cannot be reached.*at most 0.7500.*max_ratio"):
         quiet_trainer(max_epochs=3, callbacks=[pruning]).fit(TinyNet(), loader())
     assert pruning.sparsity == pytest.approx(0.75, abs=1e-3)
+
+
+def test_a_target_above_what_min_layer_density_leaves_is_said_and_pruning_stops_there():
+    pruning = RealTimePruningCallback(monitor="objective", target_sparsity=0.99, max_ratio=1.0, min_layer_density=0.1)
+    with pytest.warns(UserWarning, match=r"target_sparsity=0.99 cannot be reached while min_layer_density=0.1.*0.9000"):
+        quiet_trainer(max_epochs=3, callbacks=[pruning]).fit(TinyNet(), loader())
+    assert pruning.sparsity == pytest.approx(0.9, abs=1e-2)
+    assert min(1 - s for s in pruning.masks.layer_sparsity().values()) >= 0.1 - 1e-9
