@@ -149,3 +149,13 @@ def test_pruned_run_logs_pruning_curves_to_wandb_and_its_saved_config_reloads(ti
     again = LightningPruneCLI(args=["fit", "--config", str(saved), "--trainer.fast_dev_run", "true"])
     reloaded = next(cb for cb in again.trainer.callbacks if cb.__class__.__name__ == "RealTimePruningCallback")
     assert reloaded.target_sparsity == 0.5
+
+
+def test_the_magnitude_recipe_changes_only_its_own_settings_of_prune_yaml(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = ["--config", str(CONFIGS / "prune.yaml"), "--config", str(CONFIGS / "prune_magnitude.yaml"),
+              "--trainer.fast_dev_run", "true", "--trainer.logger", "false"]  # fmt: skip
+    cli = LightningPruneCLI(args=task_args("mnist_cnn", tiny_mnist, *recipe), run=False)
+    pruning = next(cb for cb in cli.trainer.callbacks if cb.__class__.__name__ == "RealTimePruningCallback")
+    assert (pruning.importance, pruning.normalize_per_layer, pruning.controller.max_ratio) == ("magnitude", False, 0.75)
+    assert (pruning.target_sparsity, pruning.controller.initial_ratio) == (0.9, 0.01)  # from prune.yaml
