@@ -132,6 +132,9 @@ class LightningPruneCLI(LightningCLI):
             score = checkpoint.best_model_score
             shown = f" ({checkpoint.monitor}={score:.4f})" if score is not None else ""
             rank_zero_info(f"Best checkpoint: {checkpoint.best_model_path}{shown}")
+            note = best_checkpoint_sparsity_note(self.trainer)
+            if note:
+                rank_zero_info(note)
         self._announce_wandb(finished=True)
 
     def _announce_wandb(self, finished: bool = False) -> None:
@@ -144,6 +147,27 @@ class LightningPruneCLI(LightningCLI):
             return
         run_dir = Path(loggers[0].experiment.dir).parent
         rank_zero_info(f"W&B offline run: {run_dir}. Upload it later with: wandb sync {run_dir}")
+
+
+def best_checkpoint_sparsity_note(trainer: Trainer) -> str | None:
+    """A line for the end of fit when the best checkpoint holds a less pruned model than the run ended with.
+
+    ModelCheckpoint ranks checkpoints by its monitored metric alone, and an early, barely pruned model often scores
+    best; whoever tests or exports "the best checkpoint" of a pruned run must know that it is not the pruned model.
+    """
+    checkpoint = trainer.checkpoint_callback
+    pruning = [cb for cb in trainer.callbacks if isinstance(cb, RealTimePruningCallback)]
+    if checkpoint is None or not checkpoint.best_model_path or len(pruning) != 1:
+        return None
+    saved = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
+    history = saved.get("callbacks", {}).get(pruning[0].state_key, {}).get("history", [])
+    best, final = (history[-1]["sparsity"] if history else 0.0), pruning[0].sparsity
+    if best >= final - 1e-6:
+        return None
+    # a ModelCheckpoint without a monitor keeps the latest epoch (our task configs name its file last.ckpt)
+    latest = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor is None), "")
+    where = latest or "kept by a ModelCheckpoint without `monitor` (see configs/mnist_cnn.yaml)"
+    return f"Note: the best checkpoint is {best:.1%} sparse, the run ended {final:.1%} sparse; final model: {where}"
 
 
 def tag_wandb_run(config) -> None:

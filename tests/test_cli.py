@@ -6,10 +6,15 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import wandb
 import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
 
-from lightning_prune.cli import LightningPruneCLI, main
+from lightning_prune import RealTimePruningCallback
+from lightning_prune.cli import LightningPruneCLI, best_checkpoint_sparsity_note, main
+
+from helpers import TinyNet, loader, quiet_trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 TASKS = {"mnist_cnn": "tiny_mnist", "cifar10_resnet18": "tiny_cifar10", "imdb_lstm": "tiny_imdb"}
@@ -78,9 +83,10 @@ def test_plan_hyperparameters_are_in_the_configs():
         assert config["trainer"]["max_epochs"] == 50
         assert config["model"]["init_args"]["lr"] == 0.001
         assert config["data"]["init_args"]["batch_size"] == 64
-        callbacks = {c["class_path"].rsplit(".", 1)[-1]: c for c in config["trainer"]["callbacks"]}
-        assert callbacks["ModelCheckpoint"]["init_args"]["monitor"] == "val_acc"
-        assert "RichProgressBar" in callbacks
+        classes = [c["class_path"].rsplit(".", 1)[-1] for c in config["trainer"]["callbacks"]]
+        checkpoints = [c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("Checkpoint")]
+        assert [c.get("monitor") for c in checkpoints] == ["val_acc", None]  # the best, and the latest epoch
+        assert "RichProgressBar" in classes
 
 
 def test_wandb_falls_back_to_offline_without_a_key_and_says_where(tiny_mnist, tmp_path, monkeypatch, caplog):
@@ -159,3 +165,31 @@ def test_the_magnitude_recipe_changes_only_its_own_settings_of_prune_yaml(tiny_m
     pruning = next(cb for cb in cli.trainer.callbacks if cb.__class__.__name__ == "RealTimePruningCallback")
     assert (pruning.importance, pruning.normalize_per_layer, pruning.controller.max_ratio) == ("magnitude", False, 0.75)
     assert (pruning.target_sparsity, pruning.controller.initial_ratio) == (0.9, 0.01)  # from prune.yaml
+
+
+def test_a_best_checkpoint_less_pruned_than_the_final_model_is_pointed_out(tmp_path):
+    # the lowest loss comes first, before pruning has gone far: the "best" checkpoint is the least pruned one
+    pruning = RealTimePruningCallback(monitor="objective", target_sparsity=0.6, initial_ratio=0.3, end_epoch=3)
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="watch", mode="min")
+    latest = ModelCheckpoint(dirpath=tmp_path, filename="last")
+    trainer = quiet_trainer(max_epochs=4, callbacks=[pruning, best, latest], enable_checkpointing=True)
+    trainer.fit(TinyNet(scripted={0: 0.1, 1: 0.5, 2: 0.6, 3: 0.7}), loader())
+    assert best.best_model_path.endswith("epoch=0-step=16.ckpt") and latest.best_model_path.endswith("last.ckpt")
+    note = best_checkpoint_sparsity_note(trainer)
+    first_cut = pruning.history[0]["sparsity"]
+    assert note is not None and f"{first_cut:.1%} sparse" in note and f"{pruning.sparsity:.1%} sparse" in note
+    assert latest.best_model_path in note
+
+    # when the best checkpoint is the final model, nothing is said
+    best.best_model_path = latest.best_model_path
+    assert best_checkpoint_sparsity_note(trainer) is None
+
+
+def test_last_ckpt_holds_the_latest_epoch_even_when_val_acc_stopped_improving(tiny_mnist, tmp_path):
+    # lr 0: val_acc never improves after epoch 0, so only epoch 0 is "best"; last.ckpt must still follow every epoch
+    extra = ["--trainer.max_epochs", "3", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+             "--optimizer", "SGD", "--optimizer.lr", "0", "--trainer.logger", "false"]  # fmt: skip
+    cli = LightningPruneCLI(args=["fit", *task_args("mnist_cnn", tiny_mnist, *extra)])
+    assert "epoch=0-" in cli.trainer.checkpoint_callback.best_model_path
+    last = next(Path("runs/mnist_cnn").rglob("last.ckpt"))
+    assert torch.load(last, weights_only=False)["global_step"] == cli.trainer.global_step == 6
