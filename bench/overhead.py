@@ -9,6 +9,7 @@ the ratio to "no callback" in the same round, then the median over rounds.
 
     python bench/overhead.py --model mnist --rounds 5 --steps 60
     python bench/overhead.py --model resnet18 --rounds 3 --steps 15
+    python bench/overhead.py --model mnist --rounds 2 --steps 860 --variants "ours, pruning window" ModelPruning
 """
 
 import argparse
@@ -49,6 +50,7 @@ class StepTimer(Callback):
         return 1000 * statistics.median(steps[2:] if len(steps) > 6 else steps)
 
 
+VARIANTS = ["none", "ours, pruning window", "ours, after target", "ours structured, masked", "ModelPruning"]
 HOOKS = ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end", "on_train_epoch_end")
 
 
@@ -123,8 +125,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="batches per epoch")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--target", type=float, default=0.9)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS, metavar="VARIANT",
+                        help=f"a subset of {VARIANTS} (the ratios need 'none')")  # fmt: skip
     args = parser.parse_args()
-    variants = ["none", "ours, pruning window", "ours, after target", "ours structured, masked", "ModelPruning"]
+    variants = ["none"] + [v for v in args.variants if v != "none"]
     times: dict[str, list[float]] = {v: [] for v in variants}
     hooks: dict[str, list[float]] = {v: [] for v in variants}
     for round_index in range(args.rounds):
