@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback, ModelPruning
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune import ClassificationModule, RealTimePruningCallback
-from lightning_prune.masks import prunable_weights
+from lightning_prune.layers import prunable_weights
 from lightning_prune.models import MNISTCNN, CIFARResNet18
 
 from common import record, table

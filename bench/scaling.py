@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from lightning_prune.importance import Saliency
-from lightning_prune.masks import PruningMasks, prunable_weights
+from lightning_prune.layers import prunable_weights
+from lightning_prune.masks import PruningMasks
 
 from common import record, table
 

@@ -15,18 +15,9 @@ import statistics
 import torch
 
 from lightning_prune import profile
+from lightning_prune.layers import classifier_name
 from lightning_prune.models import MNISTCNN, CIFARResNet18, LSTMClassifier
-from lightning_prune.structured import (
-    channel_cost,
-    channel_elements,
-    channel_scores,
-    compact_copy,
-    default_roots,
-    find_groups,
-    last_linear,
-    removed_channels,
-    select_channels,
-)
+from lightning_prune.structured import compact_copy, default_roots, find_groups, select
 
 from common import record, table
 
@@ -49,24 +40,15 @@ def prune_once(model: torch.nn.Module, inputs, sparsity: float) -> torch.nn.Modu
     export the compact copy (``model`` is left as it is)."""
     model = copy.deepcopy(model)
     roots = default_roots(model)
-    groups, _ = find_groups(model, inputs, roots, last_linear(model))
+    groups, _ = find_groups(model, inputs, roots, classifier_name(model))
     params = dict(model.named_parameters())
     prunable = {n: p for n, p in params.items() if n.rsplit(".", 1)[0] in roots and "weight" in n.rsplit(".", 1)[1]}
+    magnitude = {n: p.detach().abs() for n, p in params.items() if p.dim() > 1}
     budget = sparsity * sum(p.numel() for p in prunable.values())
-    magnitude = {n: p.abs() for n, p in params.items() if p.dim() > 1}
-    chosen = select_channels(
-        groups,
-        [channel_scores(g, magnitude) for g in groups],
-        [channel_cost(g, prunable) for g in groups],
-        [removed_channels(g, {}) for g in groups],
-        budget=budget,
-        min_layer_density=0.02,
-    )
-    by_name = {g.name: g for g in groups}
+    chosen = select(groups, params, magnitude, prunable, budget=budget, min_layer_density=0.02)
     with torch.no_grad():
-        for name, channels in chosen.items():
-            for param, flat in channel_elements(by_name[name], channels, params).items():
-                params[param].view(-1)[flat] = 0
+        for param, flat in chosen.items():
+            params[param].view(-1)[flat] = 0
     return compact_copy(model, inputs, roots)
 
 

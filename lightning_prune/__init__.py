@@ -1,6 +1,7 @@
 """lightning-prune: prune neural networks while they train, with PyTorch Lightning."""
 
 from lightning_prune.callback import RealTimePruningCallback
+from lightning_prune.checkpoints import load_pruned
 from lightning_prune.data import CIFAR10DataModule, IMDBDataModule, MNISTDataModule
 from lightning_prune.models import ClassificationModule
 from lightning_prune.profiling import profile
@@ -11,6 +12,7 @@ __all__ = [
     "IMDBDataModule",
     "MNISTDataModule",
     "RealTimePruningCallback",
+    "load_pruned",
     "profile",
 ]
 __version__ = "0.1.0"

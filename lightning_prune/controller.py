@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from lightning_prune.validation import check_bool, check_int, check_number
+
 # A loss near zero must not turn noise into huge relative changes.
 MIN_LOSS_SCALE = 1e-3
 # Sparsity within this of the target counts as reached (cuts are whole weights).
@@ -46,14 +48,6 @@ class Decision:
         return self.action in (Action.PRUNE, Action.SLOW_DOWN) and self.ratio > 0
 
 
-def _check_range(name: str, value: Any, low: float, high: float, low_open: bool = False, high_open: bool = False):
-    lower_ok = value > low if low_open else value >= low
-    upper_ok = value < high if high_open else value <= high
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and lower_ok and upper_ok):
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"`{name}` must be in {interval}, got {value!r}")
-
-
 def cuts_to_target(sparsity: float, target: float, ratio: float) -> float:
     """How many cuts of ``ratio`` (of the remaining weights) take ``sparsity`` to ``target``; inf if never."""
     if sparsity >= target - TARGET_EPS:
@@ -66,6 +60,28 @@ def cuts_to_target(sparsity: float, target: float, ratio: float) -> float:
     if per_cut == 0:  # a ratio too small to move a float
         return math.inf
     return math.log((1 - target) / (1 - sparsity)) / per_cut
+
+
+def unreachable_target(controller: "RatioController", min_layer_density: float, window: Any) -> list[str]:
+    """Why ``controller.target_sparsity`` cannot be reached (empty when it can): ``min_layer_density`` keeps too much
+    of every layer, or ``window`` (a :class:`~lightning_prune.schedule.PruningWindow`) holds too few intervals at
+    ``max_ratio``. What to change is in each message."""
+    target, max_ratio = controller.target_sparsity, controller.max_ratio
+    problems = []
+    if target is not None and target > 1 - min_layer_density:
+        problems.append(
+            f"target_sparsity={target} cannot be reached while min_layer_density={min_layer_density} keeps that "
+            f"share of every layer (at most {1 - min_layer_density:.4f}). Lower `min_layer_density`."
+        )
+    intervals = window.intervals_in_window()
+    if target is not None and intervals is not None and cuts_to_target(0.0, target, max_ratio) > intervals + 1e-9:
+        reachable = 1 - (1 - max_ratio) ** intervals
+        problems.append(
+            f"target_sparsity={target} cannot be reached in the {intervals} pruning interval(s) before end_epoch="
+            f"{window.end_epoch} at max_ratio={max_ratio} (at most {reachable:.4f}). Raise `max_ratio`, `end_epoch` "
+            "or the Trainer's `max_epochs`."
+        )
+    return problems
 
 
 @dataclass
@@ -123,20 +139,20 @@ class RatioController:
 
     def validate(self) -> None:
         if self.target_sparsity is not None:
-            _check_range("target_sparsity", self.target_sparsity, 0, 1, high_open=True)
-        _check_range("initial_ratio", self.initial_ratio, 0, 1, low_open=True)
-        _check_range("min_ratio", self.min_ratio, 0, 1)
-        _check_range("max_ratio", self.max_ratio, 0, 1)
+            check_number("target_sparsity", self.target_sparsity, 0, 1, high_open=True)
+        check_number("initial_ratio", self.initial_ratio, 0, 1, low_open=True)
+        check_number("min_ratio", self.min_ratio, 0, 1)
+        check_number("max_ratio", self.max_ratio, 0, 1)
         if self.min_ratio > self.max_ratio:
             raise ValueError(f"`min_ratio` must be <= `max_ratio`, got {self.min_ratio} > {self.max_ratio}")
-        _check_range("growth", self.growth, 1, math.inf)
-        _check_range("shrink", self.shrink, 0, 1, low_open=True)
-        _check_range("loss_tolerance", self.loss_tolerance, 0, math.inf)
-        _check_range("rollback_tolerance", self.rollback_tolerance, 0, math.inf)
-        if not isinstance(self.cooldown, int) or isinstance(self.cooldown, bool) or self.cooldown < 0:
-            raise ValueError(f"`cooldown` must be an integer >= 0, got {self.cooldown!r}")
-        _check_range("grad_damping", self.grad_damping, 1, math.inf)
-        _check_range("grad_beta", self.grad_beta, 0, 1, high_open=True)
+        check_number("growth", self.growth, 1)
+        check_number("shrink", self.shrink, 0, 1, low_open=True)
+        check_number("loss_tolerance", self.loss_tolerance, 0)
+        check_bool("rollback", self.rollback)
+        check_number("rollback_tolerance", self.rollback_tolerance, 0)
+        check_int("cooldown", self.cooldown, 0)
+        check_number("grad_damping", self.grad_damping, 1)
+        check_number("grad_beta", self.grad_beta, 0, 1, high_open=True)
 
     # -- the decision -------------------------------------------------------------------------------------------
 

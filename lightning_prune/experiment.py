@@ -43,7 +43,7 @@ from scipy import stats
 
 from lightning_prune.callback import DEFAULT_END_FRACTION, RealTimePruningCallback
 from lightning_prune.cli import LightningPruneCLI, choose_wandb_mode
-from lightning_prune.masks import prunable_weights
+from lightning_prune.layers import prunable_weights
 
 UNPRUNED, PRUNED = "unpruned", "pruned"
 BASELINES = ("modelpruning", "gmp")

@@ -8,13 +8,32 @@ The running average is updated once per optimizer step from gradients that alrea
 forward or backward pass, and holds one buffer per prunable weight.
 """
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-IMPORTANCE_METHODS = ("taylor", "gradient", "magnitude")
+
+def taylor(weights: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+    """``|w * grad|``: the first-order Taylor estimate of the loss change if ``w`` were removed."""
+    fresh = torch._foreach_mul(weights, grads)
+    torch._foreach_abs_(fresh)
+    return fresh
+
+
+def gradient(weights: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+    """``|grad|``."""
+    return torch._foreach_abs(grads)
+
+
+# method -> what one step contributes to the running score (None: the score is |w| now, nothing to accumulate)
+SCORERS: dict[str, Callable[[list[Tensor], list[Tensor]], list[Tensor]] | None] = {
+    "taylor": taylor,
+    "gradient": gradient,
+    "magnitude": None,
+}
+IMPORTANCE_METHODS = tuple(SCORERS)
 
 
 class Saliency:
@@ -42,6 +61,7 @@ class Saliency:
         if not 0 <= beta < 1:
             raise ValueError(f"`saliency_beta` must be in [0, 1), got {beta!r}")
         self.method = method
+        self.scorer = SCORERS[method]
         self.beta = beta
         self.weights = dict(weights)
         self.updates = 0
@@ -54,7 +74,7 @@ class Saliency:
 
     @property
     def accumulates(self) -> bool:
-        return self.method != "magnitude"
+        return self.scorer is not None
 
     def follow_weights(self) -> None:
         """Move the running scores to their weights' devices (the model may have moved since they were made)."""
@@ -74,11 +94,7 @@ class Saliency:
         # skipped steps count as steps that brought nothing: the history decays as if they had happened
         decay = self.beta ** (self.skipped + 1)
         self.skipped = 0
-        if self.method == "taylor":
-            fresh = torch._foreach_mul([self.weights[n] for n in names], grads)
-            torch._foreach_abs_(fresh)
-        else:
-            fresh = torch._foreach_abs(grads)
+        fresh = self.scorer([self.weights[n] for n in names], grads)
         torch._foreach_mul_(running, decay)
         torch._foreach_add_(running, fresh, alpha=1 - self.beta)
         self.updates += 1
@@ -98,6 +114,7 @@ class Saliency:
         return {
             "method": self.method,
             "updates": self.updates,
+            "skipped": self.skipped,
             "running": {k: v.clone() for k, v in self.running.items()},
         }
 

@@ -6,12 +6,14 @@ cannot move them), the masks are re-applied after it, and the optimizer's per-we
 """
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
-from fnmatch import fnmatch
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from lightning_prune.layers import count_nonzero
+from lightning_prune.optim import zero_state_entries
 
 
 class PruningMasks:
@@ -52,13 +54,9 @@ class PruningMasks:
     def num_weights(self) -> int:
         return sum(w.numel() for w in self.weights.values())
 
-    @torch.no_grad()
-    def num_zeros(self) -> int:
-        return int(sum(int((w == 0).sum()) for w in self.weights.values()))
-
     def sparsity(self) -> float:
-        """Fraction of the prunable weights that are exactly zero."""
-        return self.num_zeros() / self.num_weights
+        """Fraction of these weights that are exactly zero."""
+        return 1 - count_nonzero(self.weights) / self.num_weights
 
     @torch.no_grad()
     def layer_sparsity(self) -> dict[str, float]:
@@ -127,7 +125,7 @@ class PruningMasks:
             flat[indices] = 0
             self.pruned[name].view(-1)[indices] = True
             total += indices.numel()
-        self.zero_optimizer_state(optimizers, selection)
+        zero_state_entries(optimizers, {self.weights[name]: indices for name, indices in selection.items()})
         return total
 
     @torch.no_grad()
@@ -140,15 +138,6 @@ class PruningMasks:
             restored += indices.numel()
         self.last_cut = {}
         return restored
-
-    @torch.no_grad()
-    def zero_optimizer_state(self, optimizers: Iterable[torch.optim.Optimizer], selection: Mapping[str, Tensor]):
-        for optimizer in optimizers:
-            for name, indices in selection.items():
-                w = self.weights[name]
-                for value in optimizer.state.get(w, {}).values():
-                    if torch.is_tensor(value) and value.shape == w.shape:
-                        value.view(-1)[indices.to(value.device)] = 0
 
     def follow_weights(self) -> None:
         """Move the masks to their weights' devices (the model may have moved since they were made)."""
@@ -212,66 +201,3 @@ def _lowest(scores: Tensor, count: int) -> Tensor:
     ties = (scores == threshold).nonzero().squeeze(1)
     below[ties[: count - int(below.sum())]] = True
     return below
-
-
-PRUNABLE_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
-RECURRENT_WEIGHTS = ("weight_ih_l", "weight_hh_l")
-
-
-def prunable_weights(
-    model: nn.Module, parameters: Sequence[str] | None = None, exclude: Sequence[str] | None = None
-) -> dict[str, nn.Parameter]:
-    """The weights to prune, by parameter name.
-
-    By default: the weights of Conv1d/2d/3d and Linear layers and every ``weight_ih_l*`` / ``weight_hh_l*`` of
-    LSTM/GRU/RNN layers, without the final classifier (the last nn.Linear in module order), biases or embeddings.
-    ``parameters`` (glob patterns over parameter names) replaces that choice; ``exclude`` patterns remove from it.
-
-    Example:
-        >>> from lightning_prune.models import LSTMClassifier
-        >>> list(prunable_weights(LSTMClassifier(vocab_size=10, embed_dim=4, hidden_size=4)))
-        ['lstm.weight_ih_l0', 'lstm.weight_hh_l0', 'lstm.weight_ih_l1', 'lstm.weight_hh_l1']
-        >>> list(prunable_weights(nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1)), exclude=["0.*"]))
-        Traceback (most recent call last):
-        ...
-        ValueError: RealTimePruningCallback found nothing to prune ...
-    """
-    if parameters is None:
-        chosen = _default_prunable(model)
-    else:
-        named = dict(model.named_parameters())
-        unmatched = [pattern for pattern in parameters if not any(fnmatch(n, pattern) for n in named)]
-        if unmatched:
-            raise ValueError(
-                f"`parameters` patterns {unmatched} match no parameter of the model; it has {list(named)[:20]}"
-            )
-        chosen = {n: p for n, p in named.items() if any(fnmatch(n, pattern) for pattern in parameters)}
-    if exclude:
-        chosen = {n: p for n, p in chosen.items() if not any(fnmatch(n, pattern) for pattern in exclude)}
-    if not chosen:
-        raise ValueError(
-            "RealTimePruningCallback found nothing to prune in this model: by default it prunes the weights of "
-            "Conv*d and Linear layers (but the last Linear, the classifier) and of LSTM/GRU/RNN layers. "
-            f"Choose weights with `parameters=[...]` (glob patterns over {list(dict(model.named_parameters()))[:10]})."
-        )
-    return chosen
-
-
-def _default_prunable(model: nn.Module) -> dict[str, nn.Parameter]:
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    classifier = linears[-1] if linears else None
-    chosen: dict[str, nn.Parameter] = {}
-    seen: set[int] = set()
-    for module_name, module in model.named_modules():
-        prefix = f"{module_name}." if module_name else ""
-        if isinstance(module, PRUNABLE_LAYERS) and module_name != classifier:
-            candidates = [("weight", module.weight)]
-        elif isinstance(module, nn.RNNBase):
-            candidates = [(n, p) for n, p in module.named_parameters(recurse=False) if n.startswith(RECURRENT_WEIGHTS)]
-        else:
-            continue
-        for name, weight in candidates:
-            if id(weight) not in seen:  # a tied weight is pruned once
-                seen.add(id(weight))
-                chosen[prefix + name] = weight
-    return chosen

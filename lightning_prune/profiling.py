@@ -13,7 +13,9 @@ import copy
 import io
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import ptflops
@@ -23,10 +25,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.nn.utils.rnn import PackedSequence
 
-_Hook = Callable[[nn.Module, tuple, Any], None]
+from lightning_prune.layers import NORM_LAYERS
 
-# normalisation layers carry a per-channel scale called "weight", but zeroing it removes none of their arithmetic
-_NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+_Hook = Callable[[nn.Module, tuple, Any], None]
 
 
 def profile(
@@ -86,17 +87,14 @@ def profile(
     _check_arguments(warmup, repeats, threads)
     inputs = _as_inputs(example_input)
     _check_devices(model, inputs)
-    flops_dense, per_layer, densities = _count_macs(model, inputs)
-    counted = sum(per_layer.values())
-    # what ptflops counted outside modules (functional calls) carries no weight, hence counts dense
-    flops_effective = float(flops_dense - counted) + sum(per_layer[n] * densities[n] for n in per_layer)
+    macs = count_macs(model, inputs)
     params = list(model.parameters())
     state = [t for t in model.state_dict().values() if isinstance(t, Tensor)]
     return {
         "params_total": sum(p.numel() for p in params),
         "params_nonzero": sum(int(torch.count_nonzero(p.detach())) for p in params),
-        "flops_dense": flops_dense,
-        "flops_effective": flops_effective,
+        "flops_dense": macs.total,
+        "flops_effective": macs.effective(model),
         "latency_ms_per_batch": _latency_ms(model, inputs, warmup, repeats, threads),
         "state_dict_bytes": sum(t.numel() * t.element_size() for t in state),
         "sparse_bytes": sum(_sparse_bytes(t) for t in state),
@@ -164,11 +162,30 @@ class _Call(nn.Module):
         return self.model(*inputs)
 
 
-def _count_macs(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[int, dict[str, int], dict[str, float]]:
-    """ptflops' total MACs for the first sample, the MACs of each module it counted, and their weight densities.
+@dataclass(frozen=True)
+class MacCount:
+    """ptflops' dense MACs for one sample, and the MACs of each module it counted (by module name).
 
     The modules are those ptflops itself sums: a supported module, none of whose ancestors is supported (in practice
-    the leaf layers), so nothing is counted twice. The total is their sum plus the functional calls made outside them.
+    the leaf layers), so nothing is counted twice; ``total`` is their sum plus the functional calls made outside them.
+    """
+
+    total: int
+    per_layer: dict[str, int]
+
+    def effective(self, model: nn.Module) -> float:
+        """MACs discounting zeroed weights: each counted layer's MACs times the density of its weight(s) in ``model``
+        now (which must have the shapes it was counted with). Functional calls carry no weight and count dense.
+        No forward pass: what the callback logs as ``pruning/flops`` every interval."""
+        outside = float(self.total - sum(self.per_layer.values()))
+        return outside + sum(macs * _weight_density(model.get_submodule(n)) for n, macs in self.per_layer.items())
+
+
+def count_macs(model: nn.Module, inputs: tuple[Tensor, ...]) -> MacCount:
+    """Count ``model``'s MACs on the first sample of ``inputs`` with ptflops, on a deep copy of the model.
+
+    Raises:
+        RuntimeError: ptflops could not run the model on these inputs.
     """
     twin = copy.deepcopy(model)  # ptflops leaves methods on the model it counts; never hand it the caller's
     sample = tuple(t[:1] for t in inputs)
@@ -195,10 +212,47 @@ def _count_macs(model: nn.Module, inputs: tuple[Tensor, ...]) -> tuple[int, dict
             f"ptflops could not count the FLOPs of {type(model).__name__} on one sample of the inputs with shapes "
             f"{_shapes(inputs)} ({cause}). Check that `model(*example_input)` runs."
         )
-    units = dict(_counted_units(twin))
-    per_layer = {name: int(counter.flops.get(module, 0)) for name, module in units.items()}
-    densities = {name: _weight_density(module) for name, module in units.items()}
-    return int(macs), per_layer, densities
+    return MacCount(int(macs), {name: int(counter.flops.get(module, 0)) for name, module in _counted_units(twin)})
+
+
+class FlopsMeter:
+    """Effective MACs of a training model, cheaply and never fatally: what the callback logs as ``pruning/flops``.
+
+    ptflops runs once per model shape (again only after a physical shrink); every other reading discounts those
+    counts by the weights' densities, with no forward pass. When no candidate input runs the model, the reading is
+    skipped (None) with one warning, and not tried again: logging never stops training.
+    """
+
+    def __init__(self) -> None:
+        self.count: MacCount | None = None
+        self._shapes: list[tuple[str, tuple[int, ...]]] = []
+        self.unavailable: str | None = None
+
+    def measure(self, model: nn.Module, candidates: list[Tensor | tuple[Tensor, ...] | None]) -> float | None:
+        if self.unavailable is not None:
+            return None
+        shapes = [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+        if self.count is None or shapes != self._shapes:
+            self.count = self._count(model, candidates)
+            self._shapes = shapes
+        return None if self.count is None else self.count.effective(model)
+
+    def _count(self, model: nn.Module, candidates: list[Tensor | tuple[Tensor, ...] | None]) -> MacCount | None:
+        errors = []
+        for inputs in candidates:
+            if inputs is None:
+                continue
+            try:
+                return count_macs(model, _as_inputs(inputs))
+            except Exception as err:  # any failure of the user's forward: FLOPs are a read-out, not a requirement
+                errors.append(f"{type(err).__name__}: {err}")
+        self.unavailable = "; ".join(errors) or "no example input (set `example_input_array` on the module)"
+        warnings.warn(
+            f"FLOPs are not logged (`pruning/flops`): the model could not be run on an example input "
+            f"({self.unavailable}). Set `example_input_array` on your LightningModule to a batch its forward takes.",
+            stacklevel=2,
+        )
+        return None
 
 
 class _ModuleCounter:
@@ -276,7 +330,7 @@ def _weight_density(module: nn.Module) -> float:
 
 
 def _weights(module: nn.Module) -> Iterator[Any]:
-    if isinstance(module, _NORM_LAYERS):
+    if isinstance(module, NORM_LAYERS):
         return
     for owner in module.modules():
         for name in owner._parameters:

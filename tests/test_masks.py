@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from lightning_prune.importance import Saliency
-from lightning_prune.masks import PruningMasks, prunable_weights
+from lightning_prune.layers import prunable_weights
+from lightning_prune.masks import PruningMasks
 from lightning_prune.models import MNISTCNN, CIFARResNet18, LSTMClassifier
 
 

@@ -7,6 +7,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch import nn
 
 from lightning_prune import ClassificationModule, RealTimePruningCallback
+from lightning_prune.checkpoints import match_architecture
+from lightning_prune.layers import classifier_name
 from lightning_prune.models import MNISTCNN, CIFARResNet18, LSTMClassifier
 from lightning_prune.structured import (
     ChannelGroup,
@@ -14,8 +16,6 @@ from lightning_prune.structured import (
     compact_copy,
     default_roots,
     find_groups,
-    last_linear,
-    match_architecture,
     select_channels,
 )
 
@@ -56,7 +56,7 @@ def run(model, inputs):
 
 
 def groups_of(model, inputs):
-    return find_groups(model, inputs, default_roots(model), last_linear(model))
+    return find_groups(model, inputs, default_roots(model), classifier_name(model))
 
 
 def test_groups_of_the_mnist_cnn():
@@ -189,7 +189,7 @@ def test_checkpoint_of_a_shrunk_model_reloads_and_resumes(tmp_path):
     checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
     trainer = quiet_trainer(max_epochs=3, callbacks=[first, checkpoint], enable_checkpointing=True)
     trainer.fit(module, data)
-    shrunk_width = first._module.backbone[0].out_features
+    shrunk_width = module.backbone[0].out_features
     assert shrunk_width < 32
     # load_from_checkpoint builds the full-size backbone, then takes the checkpoint's shapes
     reloaded = ClassificationModule.load_from_checkpoint(
@@ -274,3 +274,62 @@ def test_structured_shrinking_during_training_refuses_ddp():
     assert trainer.world_size == 2
     with pytest.raises(ValueError, match="shrink_when='end'"):
         pruning.setup(trainer, TinyNet(), "fit")
+
+
+def test_teardown_gives_back_a_resize_hook_the_user_set_on_the_instance(tmp_path):
+    calls = []
+
+    def users_hook(checkpoint):
+        calls.append(checkpoint["epoch"])
+
+    settings = {"mode": "structured", "monitor": "objective", "target_sparsity": 0.5, "initial_ratio": 0.3}
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    quiet_trainer(max_epochs=2, callbacks=[RealTimePruningCallback(**settings), checkpoint], enable_checkpointing=True)\
+        .fit(TinyNet(), loader())  # fmt: skip
+    module = TinyNet()
+    module.on_load_checkpoint = users_hook
+    quiet_trainer(max_epochs=3, callbacks=[RealTimePruningCallback(**settings)]).fit(
+        module, loader(), ckpt_path=tmp_path / "last.ckpt"
+    )
+    # the shrunk checkpoint loaded (resized first), the user's hook ran, and it is still there afterwards
+    assert module.net[0].out_features < 32
+    assert calls == [1]
+    assert vars(module)["on_load_checkpoint"] is users_hook
+
+
+class Counter:
+    """Counts the calls of a function it wraps (the function still runs)."""
+
+    def __init__(self, function):
+        self.function, self.calls = function, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.function(*args, **kwargs)
+
+
+@pytest.mark.parametrize("shrink_when", ["end", "during"])
+def test_an_interval_traces_the_graph_and_counts_flops_only_when_the_model_changed_shape(shrink_when, monkeypatch):
+    import ptflops
+    import torch_pruning as tp
+
+    traces = Counter(tp.DependencyGraph.build_dependency)
+    flops = Counter(ptflops.get_model_complexity_info)
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", lambda self, *a, **k: traces(self, *a, **k))
+    monkeypatch.setattr(ptflops, "get_model_complexity_info", flops)
+    shapes = []
+
+    class Shapes(Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            shapes.append(tuple(p.shape for p in pl_module.parameters()))
+
+    pruning = RealTimePruningCallback(mode="structured", monitor="objective", target_sparsity=0.6,
+                                      initial_ratio=0.2, shrink_when=shrink_when)  # fmt: skip
+    quiet_trainer(max_epochs=5, callbacks=[pruning, Shapes()]).fit(TinyNet(), loader())
+    distinct = len(set(shapes))
+    assert len(pruning.history) == 5 and pruning.sparsity > 0.3
+    assert (distinct == 1) == (shrink_when == "end")
+    # once per shape the model had at a decision (none more for selection, resolution or the FLOPs read-out),
+    # plus the export profiled at the end of fit
+    assert traces.calls <= distinct + 1 + 1
+    assert flops.calls <= distinct + 1

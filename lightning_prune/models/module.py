@@ -5,7 +5,8 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_prune.structured import match_architecture
+from lightning_prune.checkpoints import match_architecture
+from lightning_prune.layers import classifier_name
 
 
 def _backbone_config_given() -> bool:
@@ -18,21 +19,21 @@ def _backbone_config_given() -> bool:
 
 
 def _infer_num_classes(backbone: nn.Module) -> int:
-    linears = [m for m in backbone.modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    classifier = classifier_name(backbone)
+    if classifier is None:
         raise ValueError(
             "ClassificationModule could not infer `num_classes`: the backbone has no nn.Linear layer. "
             "Pass `num_classes` explicitly."
         )
-    return linears[-1].out_features
+    return backbone.get_submodule(classifier).out_features
 
 
 class ClassificationModule(L.LightningModule):
     """Trains a classification backbone with cross-entropy.
 
-    A batch is a tuple ``(*inputs, target)``: the inputs go to ``backbone(*inputs)``, so image batches ``(x, y)`` and
-    text batches ``(tokens, lengths, y)`` both work. Logs ``train_loss`` (step and epoch), ``train_acc``,
-    ``val_loss``, ``val_acc``, ``test_loss`` and ``test_acc``.
+    A batch is a tuple ``(*inputs, target)`` (the package's convention, ``lightning_prune.inputs``): the inputs go
+    to ``backbone(*inputs)``, so image batches ``(x, y)`` and text batches ``(tokens, lengths, y)`` both work. Logs
+    ``train_loss`` (step and epoch), ``train_acc``, ``val_loss``, ``val_acc``, ``test_loss`` and ``test_acc``.
 
     Args:
         backbone: The network; its output is the logits.

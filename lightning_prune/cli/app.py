@@ -1,66 +1,20 @@
-"""The ``lightning-prune`` command: LightningCLI over any LightningModule / DataModule, W&B logging by default."""
+"""LightningPruneCLI: LightningCLI over any LightningModule / DataModule, with the package's defaults.
 
-import argparse
-import importlib
-import netrc
-import os
-import socket
-import sys
+W&B falls back to offline by itself (``wandb_mode.py``), the pruning callback has a config group of its own
+(``--pruning.*``), the IMDB vocabulary follows the data, each run keeps its config beside its checkpoints, and the
+run's location is printed at the end.
+"""
+
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
 
 import torch
-from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_prune.callback import RealTimePruningCallback
-from lightning_prune.data.hub import DataSourceError
-from lightning_prune.structured import compact_copy
-
-WANDB_OFFLINE_MODES = ("offline", "dryrun", "disabled")
-
-
-def wandb_api_key_configured() -> bool:
-    """Whether W&B would find an API key: ``WANDB_API_KEY`` or an ``api.wandb.ai`` entry in the netrc file."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
-    path = os.environ.get("NETRC", str(Path.home() / ".netrc"))
-    try:
-        return netrc.netrc(path).authenticators(host) is not None
-    except (FileNotFoundError, netrc.NetrcParseError, PermissionError):
-        return False
-
-
-def wandb_server_reachable(timeout: float = 3.0) -> bool:
-    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def choose_wandb_mode() -> str | None:
-    """Decide online/offline *before* any W&B run starts, so W&B never prompts for a key or hangs on the network.
-
-    Returns the reason for going offline, or None when W&B may log online (or the user already chose a mode).
-    """
-    if os.environ.get("WANDB_MODE", "").lower() in WANDB_OFFLINE_MODES:
-        return None
-    if not wandb_api_key_configured():
-        reason = "no W&B API key is configured"
-    elif not wandb_server_reachable():
-        reason = "the W&B server cannot be reached"
-    else:
-        return None
-    os.environ["WANDB_MODE"] = "offline"
-    return reason
+from lightning_prune.cli.wandb_mode import choose_wandb_mode, tag_wandb_run, wandb_offline
 
 
 def run_directory(trainer: Trainer) -> Path:
@@ -110,6 +64,9 @@ class LightningPruneCLI(LightningCLI):
         parser.add_lightning_class_args(RealTimePruningCallback, "pruning", subclass_mode=True, required=False)
 
     def instantiate_trainer(self, **kwargs) -> Trainer:
+        # LightningCLI's own instantiate_trainer takes the callbacks from `trainer.callbacks` and from the groups
+        # added with add_lightning_class_args; it is overridden (with its private helpers, as of Lightning 2.6) only
+        # so that an absent `--pruning` group (None) is skipped instead of passed on as a callback
         extra = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         return self._instantiate_trainer(trainer_config, [callback for callback in extra if callback is not None])
@@ -139,7 +96,7 @@ class LightningPruneCLI(LightningCLI):
 
     def _announce_wandb(self, finished: bool = False) -> None:
         loggers = [lg for lg in self.trainer.loggers if isinstance(lg, WandbLogger)]
-        if not loggers or os.environ.get("WANDB_MODE", "").lower() not in WANDB_OFFLINE_MODES:
+        if not loggers or not wandb_offline():
             return
         if not finished:
             why = f" because {self.wandb_offline_reason}" if self.wandb_offline_reason else ""
@@ -170,16 +127,6 @@ def best_checkpoint_sparsity_note(trainer: Trainer) -> str | None:
     return f"Note: the best checkpoint is {best:.1%} sparse, the run ended {final:.1%} sparse; final model: {where}"
 
 
-def tag_wandb_run(config) -> None:
-    """Tag a W&B run ``pruned`` or ``unpruned`` (unless tags are set) so the dashboard can split the two."""
-    logger = config.get("trainer", {}).get("logger")
-    if not hasattr(logger, "get") or not str(logger.get("class_path", "")).endswith("WandbLogger"):
-        return
-    init_args = logger.get("init_args")
-    if init_args is not None and init_args.get("tags") is None:
-        init_args["tags"] = ["pruned" if config.get("pruning") else "unpruned"]
-
-
 def link_vocab_size(config) -> None:
     """Give a text backbone the DataModule's ``vocab_size`` so the two cannot disagree."""
     data_args = config.get("data", {}).get("init_args") if config.get("data") else None
@@ -190,73 +137,3 @@ def link_vocab_size(config) -> None:
     backbone_args = backbone.get("init_args")
     if data_args.get("vocab_size") is not None and backbone_args is not None and "vocab_size" in backbone_args:
         backbone_args["vocab_size"] = data_args["vocab_size"]
-
-
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
-    """jsonargparse's formatter, keeping the epilog's line breaks (the list of extra subcommands)."""
-
-
-def export_main(argv: list[str]) -> None:
-    """``lightning-prune export --ckpt_path PATH --output FILE``: the compact dense model of a checkpoint."""
-    parser = argparse.ArgumentParser(
-        prog="lightning-prune export",
-        description="Write the compact dense model of a checkpoint: the backbone without the channels that pruning "
-        "zeroed, whose outputs equal the pruned model's. Load it with `torch.load(FILE, weights_only=False)` "
-        "(--format module) or `torch.jit.load(FILE)` (--format torchscript).",
-    )
-    parser.add_argument("--ckpt_path", required=True, help="a checkpoint written by `lightning-prune fit`")
-    parser.add_argument("--output", required=True, help="file to write")
-    parser.add_argument("--format", choices=("module", "torchscript"), default="module")
-    options = parser.parse_args(argv)
-    if not Path(options.ckpt_path).is_file():
-        parser.error(f"--ckpt_path {options.ckpt_path!r} is not a file")
-    compact, example, before = export_checkpoint(options.ckpt_path)
-    if options.format == "torchscript":
-        inputs = example if isinstance(example, tuple) else (example,)
-        torch.jit.trace(compact.eval(), inputs).save(options.output)
-    else:
-        torch.save(compact, options.output)
-    after = sum(p.numel() for p in compact.parameters())
-    print(f"Wrote {options.output} ({options.format}): {after:,} parameters, {before:,} before compaction.")
-
-
-def export_checkpoint(ckpt_path: str) -> tuple[torch.nn.Module, Any, int]:
-    """Rebuild a checkpoint's module (its hyperparameters describe it), compact it, and return the backbone (or the
-    module when it has none), the example input it was traced with, and the parameter count before compaction."""
-    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    module = LightningModule.load_from_checkpoint(ckpt_path, map_location="cpu")
-    states = [v for k, v in checkpoint.get("callbacks", {}).items() if k.startswith("RealTimePruningCallback")]
-    example = next((s["example_input"] for s in states if s.get("example_input") is not None), None)
-    if example is None:
-        example = getattr(module, "example_input_array", None)
-    before = sum(p.numel() for p in module.parameters())
-    compact = compact_copy(module, example)
-    return getattr(compact, "backbone", compact), example, before
-
-
-EXTRA_SUBCOMMANDS = {
-    "compare": ("lightning_prune.experiment", "run pruned and unpruned arms over seeds, with statistics and a report"),
-    "export": ("lightning_prune.cli", "write the compact dense model of a checkpoint"),
-}
-
-
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``lightning-prune`` console script: LightningCLI subcommands, ``compare``, ``export``."""
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in EXTRA_SUBCOMMANDS:
-        module = importlib.import_module(EXTRA_SUBCOMMANDS[argv[0]][0])
-        getattr(module, f"{argv[0]}_main")(argv[1:])
-        return
-    epilog = "extra subcommands:\n" + "\n".join(
-        f"  {name:<10} {help_text} (lightning-prune {name} --help)"
-        for name, (_, help_text) in EXTRA_SUBCOMMANDS.items()
-    )
-    try:
-        LightningPruneCLI(args=args, parser_kwargs={"epilog": epilog, "formatter_class": _HelpFormatter})
-    except DataSourceError as err:
-        print(f"lightning-prune: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-
-
-if __name__ == "__main__":
-    main()

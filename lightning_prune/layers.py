@@ -1,0 +1,135 @@
+"""Which layers and weights pruning acts on: the one registry of layer types, the classifier rule, the default choice.
+
+Every other module asks here: the default prunable weights (unstructured and structured), what counts as the final
+classifier (the last ``nn.Linear`` in module order: its outputs are the classes and are never cut), which layers own
+output channels, and how sparsity is counted (non-zero prunable weights against their number before pruning).
+"""
+
+from collections.abc import Iterable, Mapping, Sequence
+from fnmatch import fnmatch
+
+import torch
+from torch import Tensor, nn
+
+CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# layers with a 2-D (or conv) `weight` whose output channels are rows of it
+WEIGHTED_LAYERS = (*CONV_LAYERS, nn.Linear)
+RECURRENT_LAYERS = (nn.RNNBase,)
+RECURRENT_WEIGHTS = ("weight_ih_l", "weight_hh_l")
+# per-channel affine parameters called "weight" that remove none of a layer's multiply-accumulates when zeroed
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+# layers whose parameters hold slices of prunable channels: structured mode masks them
+CHANNEL_LAYERS = (*WEIGHTED_LAYERS, nn.LSTM, nn.modules.batchnorm._BatchNorm)
+
+
+def classifier_name(model: nn.Module) -> str | None:
+    """The final classifier: the last ``nn.Linear`` in module order (None if there is none).
+
+    Example:
+        >>> classifier_name(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+        '2'
+    """
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    return names[-1] if names else None
+
+
+def default_prunable(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Conv*d / Linear weights but the classifier's, and every ``weight_ih_l*`` / ``weight_hh_l*`` of LSTM/GRU/RNN
+    layers; no biases, normalisation layers or embeddings. A weight shared by two modules is listed once."""
+    classifier = classifier_name(model)
+    chosen: dict[str, nn.Parameter] = {}
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        if isinstance(module, WEIGHTED_LAYERS) and module_name != classifier:
+            candidates = [("weight", module.weight)]
+        elif isinstance(module, RECURRENT_LAYERS):
+            candidates = [(n, p) for n, p in module.named_parameters(recurse=False) if n.startswith(RECURRENT_WEIGHTS)]
+        else:
+            continue
+        for name, weight in candidates:
+            if id(weight) not in seen:
+                seen.add(id(weight))
+                chosen[prefix + name] = weight
+    return chosen
+
+
+def prunable_weights(
+    model: nn.Module, parameters: Sequence[str] | None = None, exclude: Sequence[str] | None = None
+) -> dict[str, nn.Parameter]:
+    """The weights to prune, by parameter name.
+
+    By default :func:`default_prunable`; ``parameters`` (glob patterns over parameter names) replaces that choice and
+    ``exclude`` patterns remove from it.
+
+    Raises:
+        ValueError: A ``parameters`` pattern matches nothing, or nothing is left to prune (the message names
+            ``exclude`` when the exclusion removed everything).
+
+    Example:
+        >>> from lightning_prune.models import LSTMClassifier
+        >>> list(prunable_weights(LSTMClassifier(vocab_size=10, embed_dim=4, hidden_size=4)))
+        ['lstm.weight_ih_l0', 'lstm.weight_hh_l0', 'lstm.weight_ih_l1', 'lstm.weight_hh_l1']
+        >>> list(prunable_weights(nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 1)), exclude=["0.*"]))
+        Traceback (most recent call last):
+        ...
+        ValueError: `exclude` ['0.*'] removes every prunable weight ...
+    """
+    named = dict(model.named_parameters())
+    if parameters is None:
+        chosen = default_prunable(model)
+    else:
+        unmatched = [pattern for pattern in parameters if not any(fnmatch(n, pattern) for n in named)]
+        if unmatched:
+            raise ValueError(
+                f"`parameters` patterns {unmatched} match no parameter of the model; it has {list(named)[:20]}"
+            )
+        chosen = {n: p for n, p in named.items() if any(fnmatch(n, pattern) for pattern in parameters)}
+    if not chosen:
+        raise ValueError(
+            "RealTimePruningCallback found nothing to prune in this model: by default it prunes the weights of "
+            "Conv*d and Linear layers (but the last Linear, the classifier) and of LSTM/GRU/RNN layers. "
+            f"Choose weights with `parameters=[...]` (glob patterns over {list(named)[:10]})."
+        )
+    if exclude:
+        kept = {n: p for n, p in chosen.items() if not any(fnmatch(n, pattern) for pattern in exclude)}
+        if not kept:
+            raise ValueError(
+                f"`exclude` {list(exclude)} removes every prunable weight ({list(chosen)[:10]}): nothing is left to "
+                "prune. Exclude fewer weights."
+            )
+        chosen = kept
+    return chosen
+
+
+def owner_names(weight_names: Iterable[str]) -> list[str]:
+    """The modules that own the given parameters (``"conv1.weight"`` -> ``"conv1"``), in order, once each."""
+    owners: list[str] = []
+    for name in weight_names:
+        owner = name.rsplit(".", 1)[0] if "." in name else ""
+        if owner not in owners:
+            owners.append(owner)
+    return owners
+
+
+def channel_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every parameter of a :data:`CHANNEL_LAYERS` layer, by name: what structured mode masks and slices."""
+    owned = {}
+    for module_name, module in model.named_modules():
+        if isinstance(module, CHANNEL_LAYERS):
+            prefix = f"{module_name}." if module_name else ""
+            owned.update({prefix + n: p for n, p in module.named_parameters(recurse=False)})
+    return owned
+
+
+@torch.no_grad()
+def count_nonzero(weights: Mapping[str, Tensor], names: Iterable[str] | None = None) -> int:
+    """Non-zero entries over ``weights`` (only those in ``names`` when given; absent names count nothing)."""
+    chosen = weights.values() if names is None else (weights[n] for n in names if n in weights)
+    return sum(int(w.count_nonzero()) for w in chosen)
+
+
+def sparsity(nonzero: int, initial: int) -> float:
+    """The one definition of sparsity: the fraction of the prunable weights that are zero or removed, against their
+    number before pruning (a physically shrunk layer's removed weights count as pruned)."""
+    return 1 - nonzero / initial if initial else 0.0

@@ -1,0 +1,323 @@
+"""What the callback prunes with: single weights or whole channels, behind one interface.
+
+The callback never asks which mode it runs in. It tells a pruner when a step happened (:meth:`Pruner.before_step`,
+:meth:`Pruner.after_step`), when a decision is due (:meth:`Pruner.before_decision`, then :meth:`Pruner.prune` or
+:meth:`Pruner.undo`) and when training ends (:meth:`Pruner.finish`); the pruner owns the masks and the saliency.
+
+- :class:`UnstructuredPruner` masks single weights, ranked globally (``masks.py``).
+- :class:`StructuredPruner` masks whole channels / hidden units with everything coupled to them, and removes them
+  physically once a cut has survived an interval (``structured/``), rebuilding the optimizer (``optim.py``).
+"""
+
+import math
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_prune import checkpoints, structured
+from lightning_prune.importance import Saliency
+from lightning_prune.inputs import Inputs, to_device_of
+from lightning_prune.layers import channel_parameters, classifier_name, count_nonzero, owner_names, prunable_weights
+from lightning_prune.layers import sparsity as sparsity_of
+from lightning_prune.masks import PruningMasks
+from lightning_prune.optim import rebuild_optimizers, save_optimizers, slice_like
+from lightning_prune.profiling import FlopsMeter
+
+if TYPE_CHECKING:
+    import lightning as L
+
+SHRINK_WHEN = ("during", "end")
+
+
+class Pruner:
+    """The common part: which weights are prunable, sparsity against their initial count, the per-step upkeep of
+    masks and saliency, and how many weights a ratio cuts.
+
+    Args:
+        importance: The saliency method (``importance.py``).
+        saliency_beta: Per-step smoothing of the running saliency.
+        min_layer_density: No prunable tensor (or channel group) keeps less than this share.
+        normalize_per_layer: Rank saliency normalised per layer (or group) rather than raw.
+        target_sparsity: The cut that reaches the target reaches it exactly, in whole weights.
+        parameters: Glob patterns replacing the default prunable weights.
+        exclude: Glob patterns of weights never to prune.
+    """
+
+    def __init__(
+        self,
+        importance: str,
+        saliency_beta: float,
+        min_layer_density: float,
+        normalize_per_layer: bool,
+        target_sparsity: float | None,
+        parameters: list[str] | None,
+        exclude: list[str] | None,
+    ) -> None:
+        self.importance = importance
+        self.saliency_beta = saliency_beta
+        self.min_layer_density = min_layer_density
+        self.normalize_per_layer = normalize_per_layer
+        self.target_sparsity = target_sparsity
+        self.parameters = parameters
+        self.exclude = exclude
+        self.prunable: list[str] = []
+        self.initial_weights = 0
+        self.module: nn.Module | None = None
+        self.masks: PruningMasks | None = None
+        self.saliency: Saliency | None = None
+        # a few samples of the first batch: traced to find channel groups, and kept for export
+        self.example_input: Inputs | None = None
+        self.flops = FlopsMeter()
+
+    # -- binding to a model -------------------------------------------------------------------------------------
+
+    def setup(self, trainer: "L.Trainer", module: nn.Module) -> None:
+        weights = prunable_weights(module, self.parameters, self.exclude)
+        self.prunable = list(weights)
+        self.initial_weights = sum(w.numel() for w in weights.values())
+        self.module = module
+        self._build_state()
+
+    def _build_state(self) -> None:
+        raise NotImplementedError
+
+    def follow_device(self) -> None:
+        """Move per-weight buffers to their weights' device (the strategy moves the model after setup)."""
+        self.masks.follow_weights()
+        self.saliency.follow_weights()
+
+    def teardown(self, module: nn.Module) -> None:
+        """Leave the user's module as it was given (structured mode wraps its ``on_load_checkpoint``)."""
+
+    # -- read-outs ------------------------------------------------------------------------------------------------
+
+    def prunable_now(self) -> dict[str, Tensor]:
+        return {name: self.masks.weights[name] for name in self.prunable if name in self.masks.weights}
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the prunable weights that are zero now, or removed, against their number before pruning."""
+        if self.masks is None:
+            return 0.0
+        return sparsity_of(count_nonzero(self.prunable_now()), self.initial_weights)
+
+    @torch.no_grad()
+    def readouts(self, per_layer: bool = False) -> dict[str, float]:
+        """What the model looks like now, for the logs: its parameters (all, and non-zero), its effective MACs per
+        sample (when a forward pass on an example input works) and, with ``per_layer``, each prunable weight's
+        sparsity."""
+        params = list(self.module.parameters())
+        values = {
+            "pruning/params_nonzero": float(sum(int(p.count_nonzero()) for p in params)),
+            "pruning/params_total": float(sum(p.numel() for p in params)),
+        }
+        # `example_input_array` first: the module's own statement of what its forward takes
+        candidates = [getattr(self.module, "example_input_array", None), self.example_input]
+        flops = self.flops.measure(self.module, [to_device_of(self.module, c) for c in candidates if c is not None])
+        if flops is not None:
+            values["pruning/flops"] = flops
+        if per_layer:
+            for name, weight in self.prunable_now().items():
+                values[f"pruning/layer/{name}"] = 1 - float(weight.count_nonzero()) / weight.numel()
+        return values
+
+    def resolution(self) -> float:
+        """The smallest possible change of sparsity."""
+        return 1 / max(self.initial_weights, 1)
+
+    # -- per step ---------------------------------------------------------------------------------------------------
+
+    def before_step(self, score: bool) -> None:
+        """Gradients are final: keep cut weights' gradients at zero; fold them into the saliency when ``score``."""
+        self.masks.mask_gradients()
+        if score:
+            self.saliency.update()
+        else:
+            self.saliency.skip()
+
+    def after_step(self) -> None:
+        self.masks.apply()
+
+    # -- per decision -----------------------------------------------------------------------------------------------
+
+    def before_decision(self, trainer: "L.Trainer") -> None:
+        """Whatever must happen at every decision before the cut (structured: remove what survived probation)."""
+
+    def cut_count(self, ratio: float) -> int:
+        """Whole weights for a cut of ``ratio`` of the remaining ones; the cut that reaches the target reaches it
+        (ceil), by less than one weight over."""
+        total = self.initial_weights
+        remaining = round((1 - self.sparsity) * total)
+        count = round(ratio * remaining)
+        if self.target_sparsity is not None:
+            needed = math.ceil(self.target_sparsity * total - 1e-9) - (total - remaining)
+            count = needed if ratio * remaining >= needed - 1 else min(count, needed)
+        return max(count, 0)
+
+    def prune(self, trainer: "L.Trainer", ratio: float) -> int:
+        """Cut ``ratio`` of the remaining prunable weights; return how many prunable weights went."""
+        selection = self.select(self.cut_count(ratio))
+        # under DDP every rank must hold rank 0's masks, bit for bit
+        selection = trainer.strategy.broadcast(selection, src=0)
+        before = count_nonzero(self.prunable_now())
+        self.masks.cut(selection, trainer.optimizers)
+        self.masks.refresh()
+        return before - count_nonzero(self.prunable_now())
+
+    def select(self, count: int) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def undo(self) -> int:
+        """Restore the last cut; return how many weights came back."""
+        restored = self.masks.undo_last_cut()
+        self.masks.refresh()
+        return restored
+
+    def finish(self, trainer: "L.Trainer") -> None:
+        """Training is over."""
+
+    def final_model(self, module: nn.Module) -> nn.Module:
+        """The model to profile at the end of fit."""
+        return module
+
+    def export(self, module: nn.Module) -> nn.Module:
+        """A compact dense copy of ``module`` without the channels whose outputs are exactly zero."""
+        example = self.example_input if self.example_input is not None else getattr(module, "example_input_array", None)
+        if example is not None:
+            example = to_device_of(module, example)
+        roots = owner_names(self.prunable or prunable_weights(module, self.parameters, self.exclude))
+        return structured.compact_copy(module, example, roots)
+
+    # -- persistence ------------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": self.masks.state_dict(), "saliency": self.saliency.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.masks.load_state_dict(state["masks"])
+        self.saliency.load_state_dict(state["saliency"])
+
+
+class UnstructuredPruner(Pruner):
+    """Single weights, lowest saliency first, globally across layers (normalised per layer unless told not to)."""
+
+    def _build_state(self) -> None:
+        named = dict(self.module.named_parameters())
+        weights = {name: named[name] for name in self.prunable}
+        self.masks = PruningMasks(weights)
+        self.saliency = Saliency(weights, self.importance, self.saliency_beta)
+
+    def select(self, count: int) -> dict[str, Tensor]:
+        return self.masks.select(self.saliency.scores(), count, self.min_layer_density, self.normalize_per_layer)
+
+
+class StructuredPruner(Pruner):
+    """Whole channels, fc neurons and LSTM hidden units, with everything coupled to them.
+
+    A cut is masked for one interval (so it can be rolled back), then removed for real at the next decision
+    (``shrink_when="during"``), or kept masked until :meth:`export` (``"end"``).
+    """
+
+    def __init__(self, *args: Any, shrink_when: str = "during", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shrink_when = shrink_when
+        self._groups: tuple[list[structured.ChannelGroup], Any] | None = None
+        self._groups_key: tuple = ()
+
+    def setup(self, trainer: "L.Trainer", module: nn.Module) -> None:
+        if self.shrink_when == "during" and trainer.world_size > 1:
+            raise ValueError(
+                "mode='structured' with shrink_when='during' rebuilds the model while it trains, which DDP cannot "
+                "follow; use shrink_when='end' (channels masked, compacted by export) under multi-device strategies"
+            )
+        super().setup(trainer, module)
+        checkpoints.install_resize_hook(module)
+
+    def teardown(self, module: nn.Module) -> None:
+        checkpoints.remove_resize_hook(module)
+
+    def _build_state(self) -> None:
+        # a channel's slices live in weights, biases and batch-norm affine parameters
+        owned = channel_parameters(self.module)
+        self.masks = PruningMasks(owned)
+        scored = {n: p for n, p in owned.items() if n.rsplit(".", 1)[-1].startswith("weight") and p.dim() > 1}
+        self.saliency = Saliency(scored, self.importance, self.saliency_beta)
+
+    def groups(self) -> tuple[list[structured.ChannelGroup], Any]:
+        """The channel groups, traced once per model shape (again only after a shrink or a resize)."""
+        key = (id(self.module), tuple((n, tuple(p.shape)) for n, p in self.module.named_parameters()))
+        if self._groups is None or key != self._groups_key:
+            roots = owner_names(self.prunable)
+            self._groups = structured.find_groups(self.module, self.example_input, roots, classifier_name(self.module))
+            self._groups_key = key
+        return self._groups
+
+    def resolution(self) -> float:
+        """The cheapest channel's share of the prunable weights."""
+        if not self.initial_weights:
+            return 1.0
+        weights = self.prunable_now()
+        groups, _ = self.groups()
+        cheapest = min((float(structured.channel_cost(g, weights).min()) for g in groups), default=1.0)
+        return cheapest / self.initial_weights
+
+    def select(self, count: int) -> dict[str, Tensor]:
+        groups, _ = self.groups()
+        return structured.select(
+            groups,
+            self.masks.weights,
+            self.saliency.scores(),
+            self.prunable_now(),
+            budget=count,
+            min_layer_density=self.min_layer_density,
+            pruned=self.masks.pruned,
+            normalize_per_layer=self.normalize_per_layer,
+        )
+
+    def before_decision(self, trainer: "L.Trainer") -> None:
+        if self.shrink_when == "during":
+            # the previous cut survived its interval: now it can go for real
+            self.shrink(trainer)
+
+    def finish(self, trainer: "L.Trainer") -> None:
+        if self.shrink_when == "during":
+            # the last cut needs no more probation: leave fit with a compact model
+            self.shrink(trainer, rebuild_optimizer=False)
+
+    def final_model(self, module: nn.Module) -> nn.Module:
+        return self.export(module)
+
+    def shrink(self, trainer: "L.Trainer", rebuild_optimizer: bool = True) -> None:
+        """Physically remove every masked channel; carry masks, saliency and optimizer state over by slicing."""
+        groups, graph = self.groups()
+        remove = structured.removable(groups, self.masks.pruned)
+        if not remove:
+            return
+        saved = save_optimizers(trainer, self.module) if rebuild_optimizer else None
+        old_masks, old_saliency = self.masks, self.saliency
+        slices = structured.remove_channels(self.module, groups, remove, graph)
+        self._build_state()
+        for name, pruned in old_masks.pruned.items():
+            self.masks.pruned[name] = slice_like(pruned, slices.get(name, []))
+        self.masks.refresh()
+        self.saliency.updates, self.saliency.skipped = old_saliency.updates, old_saliency.skipped
+        for name, running in old_saliency.running.items():
+            self.saliency.running[name] = slice_like(running, slices.get(name, []))
+        if saved is not None:
+            rebuild_optimizers(trainer, self.module, saved, slices)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        # the model may have been resized from the checkpoint since setup(): hold its current parameters
+        self._build_state()
+        super().load_state_dict(state)
+
+
+def make_pruner(mode: str, shrink_when: str, **settings: Any) -> Pruner:
+    if mode == "structured":
+        return StructuredPruner(shrink_when=shrink_when, **settings)
+    return UnstructuredPruner(**settings)
+
+
+PRUNER_MODES = ("unstructured", "structured")
