@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_prune.controller import Action, Decision, RatioController, unreachable_target
+from lightning_prune.controller import Action, Decision, IntervalRecord, RatioController, unreachable_target
 from lightning_prune.importance import IMPORTANCE_METHODS
 from lightning_prune.inputs import example_inputs, to_device_of
 from lightning_prune.profiling import profile
@@ -128,7 +128,7 @@ class RealTimePruningCallback(Callback):
         self.normalize_per_layer, self.parameters, self.exclude = normalize_per_layer, parameters, exclude
         self.log_layers, self.verbose = log_layers, verbose
 
-        self.history: list[dict[str, Any]] = []
+        self.history: list[IntervalRecord] = []
         self.final_profile: dict[str, float] | None = None
         self._pending_state: dict[str, Any] | None = None
         self._signals = PacingSignals(monitor, self.window.per_step)
@@ -249,9 +249,9 @@ class RealTimePruningCallback(Callback):
         decision = self._decide(trainer, epoch, loss, grad_norm)
         changed = self._act(trainer, decision)
         self._done = self._done or decision.action == Action.DONE
-        entry = {"epoch": epoch, "step": trainer.global_step, "loss": loss, "grad_norm": grad_norm,
-                 "ratio": decision.ratio, "pruned": changed, "sparsity": self.sparsity,
-                 "action": decision.action.name.lower(), "reason": decision.reason}  # fmt: skip
+        entry: IntervalRecord = {"epoch": epoch, "step": trainer.global_step, "loss": loss, "grad_norm": grad_norm,
+                                 "ratio": decision.ratio, "pruned": changed, "sparsity": self.sparsity,
+                                 "action": decision.action.name.lower(), "reason": decision.reason}  # fmt: skip
         self.history.append(entry)
         self._log(pl_module, entry, decision.action)
         if self.verbose:
@@ -305,7 +305,7 @@ class RealTimePruningCallback(Callback):
 
     # -- logging --------------------------------------------------------------------------------------------------
 
-    def _log(self, pl_module: "L.LightningModule", entry: dict[str, Any], action: Action) -> None:
+    def _log(self, pl_module: "L.LightningModule", entry: IntervalRecord, action: Action) -> None:
         metrics = {"pruning/sparsity": entry["sparsity"], "pruning/ratio": entry["ratio"],
                    "pruning/action": float(action), **self.pruner.readouts(self.log_layers)}  # fmt: skip
         if entry["grad_norm"] is not None:

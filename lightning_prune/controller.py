@@ -15,7 +15,7 @@ decides what to do with the ``ratio`` (the fraction of the *remaining* prunable 
 import math
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import Any, TypedDict
 
 from lightning_prune.validation import check_bool, check_int, check_number
 
@@ -33,6 +33,20 @@ class Action(IntEnum):
     ROLLBACK = 2
     PAUSE = 3
     DONE = 4
+
+
+class IntervalRecord(TypedDict):
+    """One entry of ``RealTimePruningCallback.history`` (a plain dict): what one pruning interval saw and did."""
+
+    epoch: int  # 0-based, like trainer.current_epoch
+    step: int  # trainer.global_step at the decision
+    loss: float  # the pacing loss over the interval
+    grad_norm: float | None  # mean total gradient norm over the steps near the decision
+    ratio: float  # the share of the remaining prunable weights cut (0 when nothing was)
+    pruned: int  # prunable weights cut (negative: restored by a rollback)
+    sparsity: float  # after the action
+    action: str  # Action's name in lower case: "prune", "slow_down", "rollback", "pause", "done"
+    reason: str
 
 
 @dataclass(frozen=True)
