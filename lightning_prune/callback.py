@@ -14,7 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_prune.controller import Action, Decision, IntervalRecord, RatioController, unreachable_target
 from lightning_prune.importance import IMPORTANCE_METHODS
-from lightning_prune.inputs import example_inputs, to_device_of
+from lightning_prune.inputs import candidate_inputs, to_device_of
 from lightning_prune.profiling import profile
 from lightning_prune.pruners import PRUNER_MODES, SHRINK_WHEN, make_pruner
 from lightning_prune.schedule import DEFAULT_END_FRACTION, PruningWindow
@@ -202,9 +202,8 @@ class RealTimePruningCallback(Callback):
 
     def on_train_batch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch: Any, batch_idx: int):
         self._batch_idx = batch_idx
-        if self.pruner.example_input is None:
-            captured = example_inputs(batch)
-            self.pruner.example_input = captured if captured is not None else pl_module.example_input_array
+        if not self.pruner.candidates:
+            self.pruner.prepare(candidate_inputs(batch, pl_module))
 
     def on_before_optimizer_step(
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer

@@ -39,6 +39,25 @@ def example_inputs(batch: Any, size: int = 2) -> Inputs | None:
     return inputs if len(inputs) > 1 else inputs[0]
 
 
+def candidate_inputs(batch: Any, module: nn.Module | None = None, size: int = 2) -> list[Inputs]:
+    """What a model might be called with, most likely first: the module's ``example_input_array``, the inputs of a
+    ``(*inputs, target)`` batch, the whole batch as positional arguments (a module whose forward takes the target
+    too), or the batch itself. Each is cut to ``size`` samples and detached; forms that are not tensors are left out.
+    """
+    candidates: list[Inputs] = []
+    declared = getattr(module, "example_input_array", None)
+    if torch.is_tensor(declared) or (isinstance(declared, tuple) and all(torch.is_tensor(t) for t in declared)):
+        candidates.append(declared)
+    convention = example_inputs(batch, size)
+    if convention is not None:
+        candidates.append(convention)
+    if isinstance(batch, (list, tuple)) and batch and all(torch.is_tensor(t) for t in batch):
+        candidates.append(tuple(t[:size].detach().clone() for t in batch))
+    elif torch.is_tensor(batch):
+        candidates.append(batch[:size].detach().clone())
+    return candidates
+
+
 def as_tuple(inputs: Inputs) -> tuple[Tensor, ...]:
     return inputs if isinstance(inputs, tuple) else (inputs,)
 

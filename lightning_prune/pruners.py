@@ -69,6 +69,7 @@ class Pruner:
         self.saliency: Saliency | None = None
         # a few samples of the first batch: traced to find channel groups, and kept for export
         self.example_input: Inputs | None = None
+        self.candidates: list[Inputs] = []
         self.flops = FlopsMeter()
 
     # -- binding to a model -------------------------------------------------------------------------------------
@@ -82,6 +83,13 @@ class Pruner:
 
     def _build_state(self) -> None:
         raise NotImplementedError
+
+    def prepare(self, candidates: list[Inputs]) -> None:
+        """Before the first training step: what the model may be called with (``inputs.candidate_inputs``), for
+        tracing, FLOPs and export. Structured mode checks the model here."""
+        self.candidates = candidates
+        if self.example_input is None and candidates:
+            self.example_input = candidates[0]
 
     def follow_device(self) -> None:
         """Move per-weight buffers to their weights' device (the strategy moves the model after setup)."""
@@ -113,9 +121,8 @@ class Pruner:
             "pruning/params_nonzero": float(sum(int(p.count_nonzero()) for p in params)),
             "pruning/params_total": float(sum(p.numel() for p in params)),
         }
-        # `example_input_array` first: the module's own statement of what its forward takes
-        candidates = [getattr(self.module, "example_input_array", None), self.example_input]
-        flops = self.flops.measure(self.module, [to_device_of(self.module, c) for c in candidates if c is not None])
+        candidates = [self.example_input, *self.candidates] if self.example_input is not None else self.candidates
+        flops = self.flops.measure(self.module, [to_device_of(self.module, c) for c in candidates])
         if flops is not None:
             values["pruning/flops"] = flops
         if per_layer:
