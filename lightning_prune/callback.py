@@ -14,12 +14,11 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_prune.controller import Action, Decision, IntervalRecord, RatioController, unreachable_target
 from lightning_prune.importance import IMPORTANCE_METHODS
-from lightning_prune.inputs import candidate_inputs, to_device_of
-from lightning_prune.profiling import profile
+from lightning_prune.inputs import candidate_inputs
 from lightning_prune.pruners import PRUNER_MODES, SHRINK_WHEN, make_pruner
 from lightning_prune.schedule import DEFAULT_END_FRACTION, PruningWindow
 from lightning_prune.signals import PacingSignals
-from lightning_prune.validation import check_bool, check_choice, check_number, check_patterns
+from lightning_prune.validation import check_bool, check_choice, check_name, check_number, check_patterns
 
 __all__ = ["DEFAULT_END_FRACTION", "RealTimePruningCallback"]
 
@@ -42,7 +41,8 @@ class RealTimePruningCallback(Callback):
         interval, interval_unit, start_epoch, end_epoch: The window (:class:`~lightning_prune.schedule.PruningWindow`):
             decide every ``interval`` ``"epoch"``\ s or ``"step"``\ s in epochs ``[start_epoch, end_epoch)``;
             ``end_epoch`` defaults to 80% of ``max_epochs``.
-        monitor: The logged metric that paces pruning (the module's epoch-mean training loss by default).
+        monitor: None paces pruning by the mean over the interval of the loss ``training_step`` returns (any module,
+            no logging needed); a name reads that logged metric (averaged over the interval when logged per step).
         min_layer_density: No weight tensor (or channel group) keeps less than this share, in [0, 1].
         normalize_per_layer: Rank saliency normalised per layer (every layer loses about the same share) or raw.
         parameters: Glob patterns of parameters to prune instead of the default (Conv/Linear/LSTM/GRU weights but
@@ -82,7 +82,7 @@ class RealTimePruningCallback(Callback):
         interval_unit: str = "epoch",
         start_epoch: int = 0,
         end_epoch: int | None = None,
-        monitor: str = "train_loss",
+        monitor: str | None = None,
         loss_tolerance: float = 0.02,
         rollback: bool = True,
         rollback_tolerance: float = 0.10,
@@ -102,8 +102,7 @@ class RealTimePruningCallback(Callback):
         check_choice("shrink_when", shrink_when, SHRINK_WHEN)
         self.window = PruningWindow(start_epoch, end_epoch, interval, interval_unit)
         check_number("min_layer_density", min_layer_density, 0, 1)
-        if not isinstance(monitor, str) or not monitor:
-            raise ValueError(f"`monitor` must be the name of a logged metric, got {monitor!r}")
+        check_name("monitor", monitor, "a logged metric")
         check_number("saliency_beta", saliency_beta, 0, 1, high_open=True)
         parameters, exclude = check_patterns("parameters", parameters), check_patterns("exclude", exclude)
         for name, flag in (("normalize_per_layer", normalize_per_layer), ("log_layers", log_layers),
@@ -190,13 +189,18 @@ class RealTimePruningCallback(Callback):
         self.pruner.follow_device()
         self._trained = [p for p in pl_module.parameters() if p.requires_grad]
         self.window.resolve(trainer.max_epochs)
-        for problem in unreachable_target(self.controller, self.min_layer_density, self.window):
-            rank_zero_warn(f"RealTimePruningCallback: {problem}")
         if self.verbose:
             rank_zero_info(
                 f"RealTimePruningCallback ({self.mode}): pruning {len(self.pruner.prunable)} weight tensors "
                 f"({self.pruner.initial_weights:,} weights), epochs [{self.start_epoch}, {self.end_epoch})"
             )
+
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        # the data is known now: say at once when the window can never open or the target cannot be reached
+        steps_per_epoch = trainer.num_training_batches / max(1, trainer.accumulate_grad_batches)
+        problems = self.window.problems(trainer.max_epochs, steps_per_epoch) if not self.history else []
+        for problem in problems or unreachable_target(self.controller, self.min_layer_density, self.window):
+            rank_zero_warn(f"RealTimePruningCallback: {problem}")
 
     # -- per step: cheap, in place --------------------------------------------------------------------------------
 
@@ -205,29 +209,30 @@ class RealTimePruningCallback(Callback):
         if not self.pruner.candidates:
             self.pruner.prepare(candidate_inputs(batch, pl_module))
 
+    def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._signals.on_epoch_start(trainer.callback_metrics)
+
     def on_before_optimizer_step(
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer
     ) -> None:
-        # gradients here are final: unscaled under AMP, all-reduced under DDP
-        near = self._near_decision(trainer)
-        self.pruner.before_step(score=near and not self._done and self.window.contains(trainer.current_epoch))
-        if near:
-            self._signals.add_grad_norm(self._trained)
-
-    def _near_decision(self, trainer: "L.Trainer") -> bool:
-        """Whether this step still weighs in the next decision. The running saliency forgets at rate ``beta``: a step
-        more than ``4 / (1 - beta)`` steps before the decision keeps under e^-4 (2%) of its weight, so those steps are
-        skipped, along with the gradient norm, and the per-step cost is paid only near each decision."""
-        horizon = math.ceil(4 / (1 - self.saliency_beta) - 1e-9) * max(1, trainer.accumulate_grad_batches)
-        return self.window.near_decision(
+        # gradients here are final: unscaled under AMP, all-reduced under DDP. Only steps near a decision weigh in it;
+        # a step with non-finite gradients (what GradScaler skips) enters neither the saliency nor the norm
+        # the running saliency forgets at rate beta: steps further from the decision than its horizon barely count,
+        # so the per-step cost is paid only near each decision
+        horizon = self.pruner.saliency.horizon * max(1, trainer.accumulate_grad_batches)
+        near = self.window.near_decision(
             trainer.current_epoch, trainer.global_step, self._batch_idx, trainer.num_training_batches, horizon
+        )
+        finite = self._signals.after_gradients(self._trained) if near else True
+        self.pruner.before_step(
+            score=near and finite and not self._done and self.window.contains(trainer.current_epoch)
         )
 
     def on_train_batch_end(
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int
     ) -> None:
         self.pruner.after_step()
-        self._signals.after_step(trainer.callback_metrics)
+        self._signals.after_batch(outputs, trainer.callback_metrics)
         step = trainer.global_step
         last = self.history[-1]["step"] if self.history else -1
         if self.window.decides_after_step(step) and step != last:
@@ -252,7 +257,7 @@ class RealTimePruningCallback(Callback):
                                  "ratio": decision.ratio, "pruned": changed, "sparsity": self.sparsity,
                                  "action": decision.action.name.lower(), "reason": decision.reason}  # fmt: skip
         self.history.append(entry)
-        self._log(pl_module, entry, decision.action)
+        self._log(trainer, pl_module, entry)
         if self.verbose:
             rank_zero_info(
                 f"pruning @ epoch {epoch} step {entry['step']}: {entry['action']} ({decision.reason}), "
@@ -289,12 +294,10 @@ class RealTimePruningCallback(Callback):
 
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         """Profile the final model (structured: its compact export) and hand the figures to every logger."""
-        if self.example_input is None or not trainer.is_global_zero:
+        if not trainer.is_global_zero:
             return
-        final = self.pruner.final_model(pl_module)
-        # Lightning has moved the model back to the CPU by now; the example was captured on the training device
-        self.final_profile = profile(final, to_device_of(final, self.example_input))
-        for logger in trainer.loggers:
+        self.final_profile = self.pruner.final_profile(pl_module)
+        for logger in trainer.loggers if self.final_profile is not None else ():
             logger.log_metrics(
                 {f"pruning/final/{k}": float(v) for k, v in self.final_profile.items()}, trainer.global_step
             )
@@ -304,24 +307,29 @@ class RealTimePruningCallback(Callback):
 
     # -- logging --------------------------------------------------------------------------------------------------
 
-    def _log(self, pl_module: "L.LightningModule", entry: IntervalRecord, action: Action) -> None:
+    def _log(self, trainer: "L.Trainer", pl_module: "L.LightningModule", entry: IntervalRecord) -> None:
         metrics = {"pruning/sparsity": entry["sparsity"], "pruning/ratio": entry["ratio"],
-                   "pruning/action": float(action), **self.pruner.readouts(self.log_layers)}  # fmt: skip
+                   "pruning/action": float(Action[entry["action"].upper()]),
+                   "pruning/skipped_steps": float(self._signals.skipped_steps),
+                   **self.pruner.readouts(self.log_layers)}  # fmt: skip
         if entry["grad_norm"] is not None:
             metrics["grad_norm/total"] = entry["grad_norm"]
-        per_step = self.window.per_step
-        for name, value in metrics.items():
-            pl_module.log(name, value, on_step=per_step, on_epoch=not per_step, sync_dist=False)
+        if not self.window.per_step:
+            for name, value in metrics.items():
+                pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
+            return
+        # a value self.log()-ged on_step from a callback stays in Lightning's results and is sent again at every later
+        # step: hand step decisions to the loggers directly, once, and make them visible to other callbacks
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
 
     # -- persistence ----------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        state = {"controller": self.controller.state_dict(), "history": list(self.history), "done": self._done,
-                 "end_epoch": self.end_epoch, "initial_weights": self.pruner.initial_weights,
-                 "example_input": self.example_input}  # fmt: skip
-        if self.pruner.masks is not None:
-            state.update(self.pruner.state_dict())
-        return state
+        own = {"controller": self.controller.state_dict(), "history": list(self.history), "done": self._done,
+               "end_epoch": self.end_epoch, "signals": self._signals.state_dict()}  # fmt: skip
+        return {**own, **self.pruner.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if self.pruner.masks is None:
@@ -336,8 +344,6 @@ class RealTimePruningCallback(Callback):
         self._done = state["done"]
         if self.window.end_epoch is None:
             self.window.end_epoch = state["end_epoch"]
-        self.pruner.initial_weights = state.get("initial_weights", self.pruner.initial_weights)
-        if state.get("example_input") is not None:
-            self.pruner.example_input = state["example_input"]
-        if "masks" in state:
-            self.pruner.load_state_dict(state)
+        if "signals" in state:
+            self._signals.load_state_dict(state["signals"])
+        self.pruner.load_state_dict(state)

@@ -8,6 +8,7 @@ The running average is updated once per optimizer step from gradients that alrea
 forward or backward pass, and holds one buffer per prunable weight.
 """
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -71,6 +72,11 @@ class Saliency:
             self.running = {
                 name: torch.zeros_like(w, memory_format=torch.contiguous_format) for name, w in self.weights.items()
             }
+
+    @property
+    def horizon(self) -> int:
+        """Steps after which a gradient keeps under e^-4 (2%) of its weight in the running score."""
+        return math.ceil(4 / (1 - self.beta) - 1e-9)
 
     @property
     def accumulates(self) -> bool:

@@ -225,6 +225,7 @@ class FlopsMeter:
 
     def __init__(self) -> None:
         self.count: MacCount | None = None
+        self.inputs: Tensor | tuple[Tensor, ...] | None = None  # the candidate the model ran on
         self._shapes: list[tuple[str, tuple[int, ...]]] = []
         self.unavailable: str | None = None
 
@@ -243,7 +244,9 @@ class FlopsMeter:
             if inputs is None:
                 continue
             try:
-                return count_macs(model, _as_inputs(inputs))
+                count = count_macs(model, _as_inputs(inputs))
+                self.inputs = inputs
+                return count
             except Exception as err:  # any failure of the user's forward: FLOPs are a read-out, not a requirement
                 errors.append(f"{type(err).__name__}: {err}")
         self.unavailable = "; ".join(errors) or "no example input (set `example_input_array` on the module)"

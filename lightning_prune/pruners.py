@@ -10,6 +10,7 @@ The callback never asks which mode it runs in. It tells a pruner when a step hap
 """
 
 import math
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +24,7 @@ from lightning_prune.layers import channel_parameters, classifier_name, count_no
 from lightning_prune.layers import sparsity as sparsity_of
 from lightning_prune.masks import PruningMasks
 from lightning_prune.optim import rebuild_optimizers, save_optimizers, slice_like
-from lightning_prune.profiling import FlopsMeter
+from lightning_prune.profiling import FlopsMeter, profile
 
 if TYPE_CHECKING:
     import lightning as L
@@ -199,12 +200,34 @@ class Pruner:
 
     # -- persistence ------------------------------------------------------------------------------------------------
 
+    def final_profile(self, module: nn.Module) -> dict[str, float] | None:
+        """``profile()`` of the final model (structured: its compact export) on the example input; None, with a
+        warning, when the model cannot be run on it: a read-out never fails a finished fit."""
+        example = self.flops.inputs if self.flops.inputs is not None else self.example_input
+        if example is None or self.flops.unavailable is not None:  # said already, once
+            return None
+        final = self.final_model(module)
+        try:
+            # Lightning has moved the model back to the CPU by now; the example was captured on the training device
+            return profile(final, to_device_of(final, example))
+        except Exception as err:  # the user's forward on an example input: anything can go wrong, nothing must
+            warnings.warn(f"RealTimePruningCallback could not profile the final model: {type(err).__name__}: {err}",
+                          stacklevel=2)  # fmt: skip
+            return None
+
     def state_dict(self) -> dict[str, Any]:
-        return {"masks": self.masks.state_dict(), "saliency": self.saliency.state_dict()}
+        state = {"initial_weights": self.initial_weights, "example_input": self.example_input}
+        if self.masks is not None:
+            state.update(masks=self.masks.state_dict(), saliency=self.saliency.state_dict())
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.masks.load_state_dict(state["masks"])
-        self.saliency.load_state_dict(state["saliency"])
+        self.initial_weights = state.get("initial_weights", self.initial_weights)
+        if state.get("example_input") is not None:
+            self.example_input = state["example_input"]
+        if "masks" in state:
+            self.masks.load_state_dict(state["masks"])
+            self.saliency.load_state_dict(state["saliency"])
 
 
 class UnstructuredPruner(Pruner):
@@ -317,7 +340,8 @@ class StructuredPruner(Pruner):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         # the model may have been resized from the checkpoint since setup(): hold its current parameters
-        self._build_state()
+        if "masks" in state:
+            self._build_state()
         super().load_state_dict(state)
 
 

@@ -62,6 +62,22 @@ class PruningWindow:
             self.end_epoch = self.default_end(max_epochs)
         return self
 
+    def problems(self, max_epochs: int | None, steps_per_epoch: float) -> list[str]:
+        """Why this window would never see a decision in a fit of ``max_epochs`` epochs of ``steps_per_epoch``
+        optimizer steps (empty when it will), and what to change."""
+        if max_epochs is not None and max_epochs >= 0 and self.start_epoch >= max_epochs:
+            return [f"start_epoch={self.start_epoch} is at or past the Trainer's max_epochs={max_epochs}: nothing will "
+                    "be pruned. Lower `start_epoch` or raise `max_epochs`."]  # fmt: skip
+        if not self.per_step and self.intervals_in_window() == 0:
+            return [f"no epoch in [{self.start_epoch}, {self.end_epoch}) ends an interval of {self.interval} epochs: "
+                    "nothing will be pruned. Lower `interval` or raise `end_epoch`."]  # fmt: skip
+        if self.per_step and math.isfinite(steps_per_epoch):
+            last_step = min(self.end_epoch, max_epochs if max_epochs and max_epochs > 0 else self.end_epoch)
+            if int(last_step * steps_per_epoch) < self.interval:
+                return [f"the first decision would come after {self.interval} steps, but the window ends after "
+                        f"{int(last_step * steps_per_epoch)}: nothing will be pruned. Lower `interval`."]  # fmt: skip
+        return []
+
     def contains(self, epoch: int) -> bool:
         return self.start_epoch <= epoch < (self.end_epoch if self.end_epoch is not None else math.inf)
 

@@ -27,7 +27,8 @@ class RunningMean:
 
     def add(self, value: Tensor) -> None:
         value = value.detach().float()
-        self.total = value if self.total is None else self.total + value
+        # after a resume the saved sum is on the CPU: follow the value's device
+        self.total = value if self.total is None else self.total.to(value.device) + value
         self.count += 1
 
     def take(self) -> Tensor | None:
@@ -51,56 +52,115 @@ def total_grad_norm(parameters: list[Tensor]) -> Tensor | None:
     return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
-class PacingSignals:
-    """What the controller decides on, gathered over one pruning interval: the monitored loss and the gradient norm.
+def loss_of(outputs: Any) -> Tensor | None:
+    """The loss in what ``training_step`` returned: the tensor itself, or the ``"loss"`` of a dict."""
+    if isinstance(outputs, Tensor):
+        return outputs
+    if isinstance(outputs, Mapping) and isinstance(outputs.get("loss"), Tensor):
+        return outputs["loss"]
+    return None
 
-    With epoch intervals the loss is ``monitor``'s epoch value as logged; with step intervals it is the mean of the
-    values ``monitor`` had after each step of the interval.
+
+class PacingSignals:
+    """What the controller decides on, gathered over one pruning interval: the pacing loss and the gradient norm.
+
+    The pacing loss is, by default (``monitor=None``), the mean over the interval of the loss ``training_step``
+    returns, so any module works without logging anything. With ``monitor="name"`` it is that logged metric: the mean
+    of its per-step values over the interval when it is logged per step (``on_step=True``, Lightning's default in
+    ``training_step``), or its epoch value when it is logged per epoch only (epoch intervals only).
+
+    Steps with non-finite gradients (what AMP's GradScaler skips) are counted in ``skipped_steps`` and enter neither
+    the gradient norm nor, through the callback, the saliency.
 
     Args:
-        monitor: The logged metric that paces pruning.
+        monitor: None, or the logged metric that paces pruning.
         per_step: Whether decisions come every few steps (rather than at epoch ends).
     """
 
-    def __init__(self, monitor: str, per_step: bool) -> None:
+    def __init__(self, monitor: str | None, per_step: bool) -> None:
         self.monitor = monitor
         self.per_step = per_step
         self.loss = RunningMean()
         self.grad_norm = RunningMean()
+        self.skipped_steps = 0
+        # the metric's value object seen last: Lightning replaces it at every step only when it is logged per step
+        self._seen: Any = None
 
-    def after_step(self, metrics: Mapping[str, Any]) -> None:
-        value = metrics.get(self.monitor) if self.per_step else None
-        if value is not None:
+    def on_epoch_start(self, metrics: Mapping[str, Any]) -> None:
+        self._seen = metrics.get(self.monitor) if self.monitor is not None else None
+
+    def after_batch(self, outputs: Any, metrics: Mapping[str, Any]) -> None:
+        """Fold in this batch's loss: the one ``training_step`` returned, or ``monitor``'s fresh per-step value.
+
+        Raises:
+            RuntimeError: ``monitor`` is None and ``training_step`` returned no loss.
+        """
+        if self.monitor is None:
+            loss = loss_of(outputs)
+            if loss is None:
+                returned = "nothing" if outputs is None or outputs == {} else type(outputs).__name__
+                raise RuntimeError(
+                    "RealTimePruningCallback paces pruning by the loss `training_step` returns, but it returned "
+                    f"{returned}. Return the loss (a tensor, or a dict with 'loss'), or log a metric "
+                    "with `self.log(...)` and pass its name as `monitor=`."
+                )
+            self.loss.add(loss)
+            return
+        value = metrics.get(self.monitor)
+        if value is not None and value is not self._seen:
             self.loss.add(torch.as_tensor(value))
+        self._seen = value
 
-    def add_grad_norm(self, parameters: list[Tensor]) -> None:
+    def after_gradients(self, parameters: list[Tensor]) -> bool:
+        """Fold the step's total gradient norm in; False (and the step counted as skipped) when it is not finite."""
         norm = total_grad_norm(parameters)
-        if norm is not None:
-            self.grad_norm.add(norm)
+        if norm is None:
+            return True
+        if not bool(torch.isfinite(norm)):
+            self.skipped_steps += 1
+            return False
+        self.grad_norm.add(norm)
+        return True
 
     def take_loss(self, metrics: Mapping[str, Any]) -> Tensor:
         """The interval's pacing loss, and a fresh start for the next interval.
 
         Raises:
-            RuntimeError: ``monitor`` was not logged; the message lists what was.
+            RuntimeError: No value of ``monitor`` was seen; the message lists what was logged and what to change.
         """
         value = self.loss.take()
-        if value is None:
+        if value is None and self.monitor is not None and not self.per_step:
             value = metrics.get(self.monitor)
         if value is None:
-            raise RuntimeError(
-                f"RealTimePruningCallback could not read the monitored metric `{self.monitor}` at the end of the "
-                f"pruning interval. Available metrics: {sorted(metrics)}. Log it in your LightningModule with "
-                f"`self.log({self.monitor!r}, loss, on_epoch=True)`, or pass `monitor=` one of the available names."
-            )
+            raise RuntimeError(self._missing(metrics))
         return torch.as_tensor(value, dtype=torch.float32)
+
+    def _missing(self, metrics: Mapping[str, Any]) -> str:
+        if self.monitor is None:
+            return (
+                "RealTimePruningCallback saw no training step in this pruning interval, so it has no loss to pace by."
+            )
+        if self.per_step:
+            return (
+                f"RealTimePruningCallback decides every few steps, but `{self.monitor}` had no per-step value in this "
+                f"pruning interval (logged per epoch only, or not at all; logged now: {sorted(metrics)}). Log it per "
+                f"step (`self.log({self.monitor!r}, loss, on_step=True)`), or leave `monitor=None` to pace by the loss "
+                "`training_step` returns."
+            )
+        return (
+            f"RealTimePruningCallback could not read the monitored metric `{self.monitor}` at the end of the pruning "
+            f"interval. Available metrics: {sorted(metrics)}. Log it in your LightningModule with "
+            f"`self.log({self.monitor!r}, loss)`, pass `monitor=` one of the available names, or leave `monitor=None` "
+            "to pace by the loss `training_step` returns."
+        )
 
     def take_grad_norm(self) -> Tensor | None:
         return self.grad_norm.take()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss": self.loss.state_dict(), "grad_norm": self.grad_norm.state_dict()}
+        return {"loss": self.loss.state_dict(), "grad_norm": self.grad_norm.state_dict(), "skipped": self.skipped_steps}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.loss.load_state_dict(state["loss"])
         self.grad_norm.load_state_dict(state["grad_norm"])
+        self.skipped_steps = state["skipped"]

@@ -26,11 +26,11 @@ def check_number(
     low_open: bool = False,
     high_open: bool = False,
 ) -> float:
-    """Check that ``value`` is a real number in the interval; return it.
+    """Check that ``value`` is a finite real number in the interval; return it.
 
     Raises:
         SettingTypeError: Not an int or float (a bool, a string and None are not numbers here).
-        ValueError: NaN, or outside the interval.
+        ValueError: NaN, infinite, or outside the interval.
 
     Example:
         >>> check_number("growth", 1.5, 1)
@@ -50,7 +50,7 @@ def check_number(
         raise SettingTypeError(message)
     lower_ok = value > low if low_open else value >= low
     upper_ok = value < high if high_open else value <= high
-    if math.isnan(value) or not (lower_ok and upper_ok):
+    if not math.isfinite(value) or not (lower_ok and upper_ok):
         raise ValueError(message)
     return value
 
@@ -72,8 +72,11 @@ def check_bool(name: str, value: Any) -> bool:
 
 
 def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
-    if not isinstance(value, str) or value not in choices:
-        raise ValueError(f"`{name}` must be one of {tuple(choices)}, got {_describe(value)}")
+    message = f"`{name}` must be one of {tuple(choices)}, got {_describe(value)}"
+    if not isinstance(value, str):
+        raise SettingTypeError(message)
+    if value not in choices:
+        raise ValueError(message)
     return value
 
 

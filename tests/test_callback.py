@@ -118,7 +118,7 @@ def test_resume_after_a_crash_continues_with_the_same_masks_ratio_and_history(tm
     second = RealTimePruningCallback(**settings)
     probe = StateProbe(second)
     checker = ZeroChecker(second)
-    trainer = quiet_trainer(max_epochs=6, callbacks=[second, probe, checker], enable_checkpointing=True)
+    trainer = quiet_trainer(max_epochs=6, callbacks=[second, probe, checker], default_root_dir=tmp_path)
     trainer.fit(TinyNet(), loader(), ckpt_path=str(tmp_path / "last.ckpt"))
     assert probe.history == first.history
     assert probe.ratio == first.ratio and probe.sparsity == first.sparsity

@@ -1,0 +1,304 @@
+"""The callback dropped into modules nobody here wrote, with faults and bad settings: it works, or fails early and
+clearly.
+
+Each test is a regression test for one way the callback failed a new user (issue "drop-in anywhere", items 1-9).
+"""
+
+import csv
+import math
+import warnings
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.nn import functional as F
+
+from lightning_prune import RealTimePruningCallback
+
+from helpers import TinyNet, loader, quiet_trainer
+
+
+class TargetInForward(L.LightningModule):
+    """Like Lightning's demo Transformer: ``forward(inputs, target)``, and nothing logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def forward(self, inputs, target):
+        return F.cross_entropy(self.body(inputs), target)
+
+    def training_step(self, batch, batch_idx):
+        return self(*batch)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+class NoForward(L.LightningModule):
+    """No ``forward`` at all: ``training_step`` calls the network itself, and returns a dict."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return {"loss": F.cross_entropy(self.net(x), y)}
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-2)
+
+
+# -- 1. unstructured pruning needs no forward pass; FLOPs are a read-out -------------------------------------------
+
+
+def test_a_forward_that_takes_the_target_is_pruned_and_counted():
+    pruning = RealTimePruningCallback(target_sparsity=0.5, initial_ratio=0.3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        warnings.filterwarnings("ignore", message=".*(workers|logging interval).*")
+        quiet_trainer(max_epochs=3, callbacks=[pruning]).fit(TargetInForward(), loader())
+    assert pruning.sparsity == pytest.approx(0.5, abs=1e-3)
+    # the whole batch (inputs and target) ran the forward: FLOPs were counted
+    assert pruning.pruner.flops.count is not None
+
+
+def test_a_module_without_forward_is_pruned_and_flops_are_skipped_with_one_warning(tmp_path):
+    pruning = RealTimePruningCallback(target_sparsity=0.5, initial_ratio=0.3)
+    logger = CSVLogger(tmp_path, name="run")
+    with pytest.warns(UserWarning, match="FLOPs are not logged") as caught:
+        quiet_trainer(max_epochs=3, callbacks=[pruning], logger=logger).fit(NoForward(), loader())
+    assert sum("FLOPs are not logged" in str(w.message) for w in caught) == 1
+    assert pruning.sparsity == pytest.approx(0.5, abs=1e-3)
+    with open(f"{logger.log_dir}/metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("pruning/sparsity")]
+    assert len(rows) == 3 and all(not row.get("pruning/flops") for row in rows)
+
+
+# -- 5. the pacing loss: what training_step returns, or a logged metric averaged over the interval ----------------
+
+
+def test_a_module_that_logs_nothing_is_paced_by_the_loss_training_step_returns():
+    losses = []
+
+    class Silent(TinyNet):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = F.cross_entropy(self(x), y)
+            losses.append(float(loss))
+            return loss
+
+    pruning = RealTimePruningCallback(target_sparsity=0.5)
+    quiet_trainer(max_epochs=2, callbacks=[pruning]).fit(Silent(), loader())
+    per_epoch = len(losses) // 2
+    assert pruning.history[0]["loss"] == pytest.approx(sum(losses[:per_epoch]) / per_epoch, rel=1e-5)
+    assert pruning.history[1]["loss"] == pytest.approx(sum(losses[per_epoch:]) / per_epoch, rel=1e-5)
+
+
+def test_a_metric_logged_per_step_only_is_averaged_over_the_interval_not_read_at_its_last_step():
+    values = []
+
+    class StepLogged(TinyNet):
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = F.cross_entropy(self(x), y)
+            self.log("objective", loss)  # Lightning's default in training_step: on_step only
+            values.append(float(loss))
+            return loss
+
+    pruning = RealTimePruningCallback(monitor="objective")
+    quiet_trainer(max_epochs=1, callbacks=[pruning]).fit(StepLogged(), loader())
+    assert pruning.history[0]["loss"] == pytest.approx(sum(values) / len(values), rel=1e-5)
+    assert pruning.history[0]["loss"] != pytest.approx(values[-1], rel=1e-3)
+
+
+def test_step_intervals_with_a_metric_logged_per_epoch_ask_for_per_step_logging():
+    pruning = RealTimePruningCallback(monitor="objective", interval=4, interval_unit="step")
+    with pytest.raises(RuntimeError, match=r"no per-step value.*on_step=True") as raised:
+        quiet_trainer(max_epochs=1, callbacks=[pruning]).fit(TinyNet(per_step=False), loader())
+    assert "on_epoch=True" not in str(raised.value)
+
+
+def test_a_training_step_without_a_loss_fails_at_the_first_batch_saying_what_to_do():
+    class ReturnsNothing(TinyNet):
+        def training_step(self, batch, batch_idx):
+            super().training_step(batch, batch_idx)
+
+    seen = []
+
+    class Count(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append(batch_idx)
+
+    with pytest.raises(RuntimeError, match=r"returned nothing.*`monitor="):
+        quiet_trainer(max_epochs=1, callbacks=[RealTimePruningCallback(), Count()]).fit(ReturnsNothing(), loader())
+    assert seen == [0]
+
+
+# -- 6. every setting is checked, and the error names it ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"target_sparsity": "0.9"}, "target_sparsity"),
+        ({"initial_ratio": None}, "initial_ratio"),
+        ({"growth": "2"}, "growth"),
+        ({"min_layer_density": "0.5"}, "min_layer_density"),
+        ({"saliency_beta": "0.9"}, "saliency_beta"),
+        ({"min_layer_density": True}, "min_layer_density"),
+        ({"saliency_beta": True}, "saliency_beta"),
+        ({"growth": math.nan}, "growth"),
+        ({"shrink": math.inf}, "shrink"),
+        ({"loss_tolerance": math.inf}, "loss_tolerance"),
+        ({"grad_damping": math.nan}, "grad_damping"),
+        ({"max_ratio": None}, "max_ratio"),
+        ({"interval": True}, "interval"),
+        ({"interval": 2.0}, "interval"),
+        ({"cooldown": None}, "cooldown"),
+        ({"rollback": "no"}, "rollback"),
+        ({"monitor": 3}, "monitor"),
+        ({"exclude": [1]}, "exclude"),
+        ({"parameters": "net.0.weight"}, "parameters"),
+        ({"mode": None}, "mode"),
+        ({"verbose": "yes"}, "verbose"),
+        ({"end_epoch": "3"}, "end_epoch"),
+    ],
+)
+def test_a_bad_setting_of_any_type_names_itself(kwargs, name):
+    with pytest.raises(ValueError, match=rf"`{name}`"):  # a wrong type is a TypeError that is also a ValueError
+        RealTimePruningCallback(**kwargs)
+    with pytest.raises(TypeError if not isinstance(next(iter(kwargs.values())), float) else ValueError):
+        RealTimePruningCallback(**kwargs)
+
+
+def test_an_exclude_that_leaves_nothing_is_blamed_on_exclude():
+    pruning = RealTimePruningCallback(exclude=["net.*"])
+    with pytest.raises(ValueError, match=r"`exclude` \['net\.\*'\] removes every prunable weight"):
+        quiet_trainer(max_epochs=1, callbacks=[pruning]).fit(TinyNet(), loader())
+
+
+def test_a_window_that_never_opens_is_said_at_the_start_with_what_to_change():
+    pruning = RealTimePruningCallback(start_epoch=5, end_epoch=8)
+    with pytest.warns(UserWarning, match=r"start_epoch=5 is at or past the Trainer's max_epochs=3.*Lower `start_"):
+        quiet_trainer(max_epochs=3, callbacks=[pruning]).fit(TinyNet(), loader())
+    assert pruning.sparsity == 0.0
+    steps = RealTimePruningCallback(interval=100, interval_unit="step", end_epoch=2)
+    with pytest.warns(UserWarning, match=r"first decision would come after 100 steps.*ends after 32"):
+        quiet_trainer(max_epochs=3, callbacks=[steps]).fit(TinyNet(), loader())
+
+
+# -- 7. a step with non-finite gradients leaves the statistics alone ----------------------------------------------
+
+
+class SkipsBadSteps(torch.optim.Adam):
+    """What AMP's GradScaler does: a step whose gradients are not finite is not taken."""
+
+    skip_next = False
+
+    def step(self, closure=None):
+        loss = closure() if closure is not None else None
+        if not self.skip_next:
+            super().step()
+        self.skip_next = False
+        return loss
+
+
+class OneBadStep(TinyNet):
+    """At ``step``, the gradients are either zeroed (``"zero"``) or poisoned with NaN and inf (``"nan"``); in both
+    cases the optimizer skips the step, so the two runs train identically."""
+
+    def __init__(self, step: int, fault: str) -> None:
+        super().__init__(loss_name="objective")
+        self.bad_step, self.fault = step, fault
+
+    def on_after_backward(self):
+        if self.global_step != self.bad_step:
+            return
+        for p in self.parameters():
+            if self.fault == "zero":
+                p.grad.zero_()
+            else:
+                p.grad.fill_(math.nan)
+                p.grad.view(-1)[0] = math.inf
+        self.trainer.optimizers[0].skip_next = True
+
+    def configure_optimizers(self):
+        return SkipsBadSteps(self.parameters(), lr=self.lr)
+
+
+def test_a_step_with_non_finite_gradients_enters_neither_saliency_nor_gradient_norm(tmp_path):
+    masks, histories = {}, {}
+    for fault in ("zero", "nan"):
+        L.seed_everything(0)
+        pruning = RealTimePruningCallback(target_sparsity=0.7, initial_ratio=0.3, saliency_beta=0.9)
+        logger = CSVLogger(tmp_path, name=fault)
+        quiet_trainer(max_epochs=4, callbacks=[pruning], logger=logger).fit(OneBadStep(20, fault), loader())
+        masks[fault] = {n: m.clone() for n, m in pruning.masks.pruned.items()}
+        histories[fault] = pruning.history
+        assert all(torch.isfinite(s).all() for s in pruning.saliency.running.values())
+        with open(f"{logger.log_dir}/metrics.csv") as handle:
+            skipped = [float(r["pruning/skipped_steps"]) for r in csv.DictReader(handle) if r.get("pruning/action")]
+        assert skipped == ([0.0] * 4 if fault == "zero" else [0.0, 1.0, 1.0, 1.0])
+    assert all(torch.equal(masks["zero"][n], masks["nan"][n]) for n in masks["zero"])
+    assert [h["sparsity"] for h in histories["zero"]] == [h["sparsity"] for h in histories["nan"]]
+    assert all(math.isfinite(h["grad_norm"]) for h in histories["nan"])
+
+
+# -- 8. a resume inside an interval continues exactly like the run that never stopped ------------------------------
+
+
+class CrashAt(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"interval": 2, "target_sparsity": 0.8, "initial_ratio": 0.2},  # the crash falls between epochs 2 and 3
+        {"interval": 5, "interval_unit": "step", "target_sparsity": 0.8, "initial_ratio": 0.2, "end_epoch": 5},
+    ],
+    ids=["two-epoch interval", "step interval"],
+)
+def test_a_resume_inside_an_interval_continues_exactly(settings, tmp_path):
+    def run(callbacks, ckpt_path=None):
+        L.seed_everything(0)
+        pruning = RealTimePruningCallback(**settings)
+        trainer = quiet_trainer(max_epochs=6, callbacks=[pruning, *callbacks], default_root_dir=tmp_path,
+                                enable_checkpointing=bool(callbacks))  # fmt: skip
+        module = TinyNet(per_step=True)
+        try:
+            trainer.fit(module, loader(), ckpt_path=ckpt_path)
+        except RuntimeError as err:
+            assert "simulated crash" in str(err)
+        return pruning
+
+    uninterrupted = run([])
+    run([ModelCheckpoint(dirpath=tmp_path, save_last=True), CrashAt(3)])
+    resumed = run([], ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.history == uninterrupted.history
+    assert resumed.ratio == uninterrupted.ratio
+    assert all(torch.equal(resumed.masks.pruned[n], m) for n, m in uninterrupted.masks.pruned.items())
+
+
+# -- 9. exactly one record per decision ------------------------------------------------------------------------------
+
+
+def test_step_intervals_log_one_record_per_decision(tmp_path):
+    pruning = RealTimePruningCallback(interval=5, interval_unit="step", target_sparsity=0.5, initial_ratio=0.2)
+    logger = CSVLogger(tmp_path, name="run")
+    trainer = quiet_trainer(max_epochs=2, callbacks=[pruning], logger=logger, log_every_n_steps=1)
+    trainer.fit(TinyNet(per_step=True), loader())
+    with open(f"{logger.log_dir}/metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("pruning/action")]
+    assert [int(row["step"]) for row in rows] == [h["step"] for h in pruning.history] == [5, 10, 15, 20, 25, 30]
+    assert "pruning/sparsity" in trainer.callback_metrics
