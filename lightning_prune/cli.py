@@ -235,7 +235,7 @@ def export_checkpoint(ckpt_path: str) -> tuple[torch.nn.Module, Any, int]:
 
 
 EXTRA_SUBCOMMANDS = {
-    "compare": ("lightning_prune.experiment", "run pruned and unpruned arms over seeds, with statistics and a report"),
+    "compare": ("lightning_prune.compare.cli", "run pruned and unpruned arms over seeds, with statistics and a report"),
     "export": ("lightning_prune.cli", "write the compact dense model of a checkpoint"),
 }
 
