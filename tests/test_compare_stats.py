@@ -1,12 +1,19 @@
-"""``lightning_prune.compare.stats``: statistics against hand-computed values."""
+"""``lightning_prune.compare.stats``: statistics against hand-computed values, and a module that stays light."""
 
 import math
+import subprocess
+import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 from scipy import special
 
 from lightning_prune.compare import stats
 from lightning_prune.compare.results import ArmStats, NoTest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ("lightning", "torch", "matplotlib", "wandb")
 
 
 def two_sided_t_p(t: float, df: float) -> float:
@@ -96,3 +103,52 @@ def test_no_test_is_possible_says_so_instead_of_nan():
     compared = stats.compare_arms({0: 0.5}, {0: 0.4})
     assert compared.difference == pytest.approx(-0.1)
     assert compared.paired_t.p_value is None and compared.paired_t.note
+
+
+def imports_in_a_fresh_process(code: str, bare_parent: bool) -> list[str]:
+    """The HEAVY modules loaded after running ``code`` in a fresh interpreter. ``bare_parent`` stands in an empty
+    ``lightning_prune`` package for the real one, whose ``__init__`` imports the callback (torch, Lightning)."""
+    stub = (
+        "import sys, types; package = types.ModuleType('lightning_prune'); "
+        f"package.__path__ = [{str(ROOT / 'lightning_prune')!r}]; sys.modules['lightning_prune'] = package; "
+    )
+    check = f"; import sys; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    result = subprocess.run(
+        [sys.executable, "-c", (stub if bare_parent else "") + code + check],
+        capture_output=True, text=True, check=False, cwd=ROOT, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return [name for name in result.stdout.strip().split(",") if name]
+
+
+@pytest.mark.parametrize(
+    "bare_parent",
+    [
+        True,
+        pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="lightning_prune/__init__.py imports the "
+                     "callback (torch, Lightning) eagerly; drop this mark once it no longer does")),
+    ],
+)  # fmt: skip
+def test_stats_imports_neither_lightning_torch_matplotlib_nor_wandb(bare_parent):
+    assert imports_in_a_fresh_process("import lightning_prune.compare.stats", bare_parent) == []
+
+
+def test_bench_paired_imports_only_the_statistics():
+    code = "import runpy; runpy.run_path('bench/paired.py')"  # its imports and functions, not main()
+    assert imports_in_a_fresh_process(code, bare_parent=True) == []
+
+
+def test_bench_paired_pairs_two_folders_by_seed(tmp_path):
+    for folder, arm, accuracies in (("a", "gmp", [0.90, 0.92, 0.94]), ("b", "pruned", [0.91, 0.94, 0.95, 0.5])):
+        (tmp_path / folder).mkdir()
+        rows = {"arm": arm, "seed": range(len(accuracies)), "status": "finished", "test_acc": accuracies}
+        pd.DataFrame(rows).to_csv(tmp_path / folder / "results.csv", index=False)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "paired.py"), f"{tmp_path}/a:gmp", f"{tmp_path}/b:pruned"],
+        capture_output=True, text=True, check=False, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # seed 3 has no partner; differences 1, 2, 1 points: t = 4 with 2 df, p = 1 - 4 / sqrt(18)
+    assert "seeds [0, 1, 2]: 93.33 vs 92.00, difference 1.33, paired 95% CI [-0.10, 2.77], paired t p 0.0572" in (
+        result.stdout
+    )
