@@ -18,11 +18,11 @@ import time
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback, ModelPruning
+from lightning.pytorch.callbacks import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune import ClassificationModule, RealTimePruningCallback
-from lightning_prune.layers import prunable_weights
+from lightning_prune.compare.baselines import baseline_callback
 from lightning_prune.models import MNISTCNN, CIFARResNet18
 
 from common import record, table
@@ -88,13 +88,8 @@ def pruning_callback(variant: str, module: ClassificationModule, target: float):
             mode="structured", target_sparsity=target, initial_ratio=target, max_ratio=0.99, end_epoch=1
         )
     if variant == "ModelPruning":
-        names = prunable_weights(module)  # the same weights as ours
-        modules = dict(module.named_modules())
-        to_prune = [(modules[name.rsplit(".", 1)[0]], "weight") for name in names]
-        return ModelPruning(
-            "l1_unstructured", amount=lambda epoch: target if epoch == 0 else 0.0, parameters_to_prune=to_prune,
-            use_global_unstructured=True, verbose=0,
-        )  # fmt: skip
+        # the same weights as ours, the whole target at the end of epoch 0, as `compare`'s baselines build it
+        return baseline_callback(module, {0: target})
     raise ValueError(variant)
 
 

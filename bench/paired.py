@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from lightning_prune.experiment import METRIC_BY_NAME, compare_arms
+from lightning_prune.compare.stats import METRIC_BY_NAME, compare_arms
 
 
 def by_seed(spec: str, metric: str) -> dict[int, float]:
@@ -35,11 +35,11 @@ def main() -> None:
     seeds = sorted(set(reference) & set(other))
     result = compare_arms({s: reference[s] for s in seeds}, {s: other[s] for s in seeds})
     shown = METRIC_BY_NAME[args.metric].show
-    interval = result["paired_difference_t_ci"]
-    p_value = result["paired_t"]["p_value"]
+    interval = result.paired_difference_t_ci
+    p_value = result.paired_t.p_value
     print(
-        f"{args.other} vs {args.reference}, {args.metric}, seeds {seeds}: {shown(result['mean_other'])} vs "
-        f"{shown(result['mean_reference'])}, difference {shown(result['difference'])}, paired 95% CI "
+        f"{args.other} vs {args.reference}, {args.metric}, seeds {seeds}: {shown(result.mean_other)} vs "
+        f"{shown(result.mean_reference)}, difference {shown(result.difference)}, paired 95% CI "
         + ("n/a" if interval is None else f"[{shown(interval[0])}, {shown(interval[1])}]")
         + f", paired t p {'n/a' if p_value is None else f'{p_value:.3g}'}"
     )

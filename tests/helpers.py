@@ -2,6 +2,7 @@
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
@@ -59,3 +60,14 @@ def quiet_trainer(**kwargs) -> L.Trainer:
         "devices": 1,
     }
     return L.Trainer(**{**defaults, **kwargs})
+
+
+class CrashAt(Callback):
+    """Raises at the start of an epoch: a run that dies there, to be resumed from its last checkpoint."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")

@@ -13,7 +13,7 @@ from torch import nn
 from lightning_prune import ClassificationModule, RealTimePruningCallback
 from lightning_prune.models import LSTMClassifier
 
-from helpers import TinyNet, loader, quiet_trainer
+from helpers import CrashAt, TinyNet, loader, quiet_trainer
 
 
 class ZeroChecker(Callback):
@@ -81,15 +81,6 @@ def test_two_layer_lstm_weights_are_pruned():
         assert (getattr(lstm, name) == 0).float().mean() > 0.2, name
     assert (module.backbone.embedding.weight[1:] != 0).all() and (module.backbone.fc.weight != 0).all()
     assert pruning.sparsity == pytest.approx(0.5, abs=1e-3)
-
-
-class CrashAt(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
 
 
 class StateProbe(Callback):

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from lightning_prune import RealTimePruningCallback
 
-from helpers import TinyNet, loader, quiet_trainer
+from helpers import CrashAt, TinyNet, loader, quiet_trainer
 
 
 class TargetInForward(L.LightningModule):
@@ -250,15 +250,6 @@ def test_a_step_with_non_finite_gradients_enters_neither_saliency_nor_gradient_n
 
 
 # -- 8. a resume inside an interval continues exactly like the run that never stopped ------------------------------
-
-
-class CrashAt(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
 
 
 @pytest.mark.parametrize(

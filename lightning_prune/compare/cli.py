@@ -1,0 +1,253 @@
+"""``lightning-prune compare``'s command line: the parser, ``--arm``, planning the comparison, ``compare_main``."""
+
+import argparse
+import json
+import re
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from jsonargparse import Namespace
+
+from lightning_prune.cli import LightningPruneCLI, choose_wandb_mode
+from lightning_prune.compare.baselines import BASELINES, baseline_schedule
+from lightning_prune.compare.report import write_outputs
+from lightning_prune.compare.results import write_json
+from lightning_prune.compare.runner import (
+    PRUNED,
+    UNPRUNED,
+    Arm,
+    Comparison,
+    is_wandb,
+    logger_configs,
+    read_status,
+    run_comparison,
+    say,
+)
+from lightning_prune.schedule import PruningWindow
+
+SETTINGS_FILE = "comparison.json"
+PASSED_THROUGH = "Any other option (--trainer.*, --data.*, --model.*, --optimizer.*, ...) goes to every arm."
+RESERVED = ("--seed_everything", "--trainer.default_root_dir")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightning-prune compare",
+        description="Train the unpruned and the pruned arm (and optional baselines) with the same seeds, data and\n"
+        "hyperparameters; test and profile the final models; compare them with statistical tests (paired t-test\n"
+        "over seeds first); write OUTPUT/results.csv, curves.csv, summary.json, report.md and PNG plots.",
+        epilog=f"{PASSED_THROUGH}\n--pruning.* options go to the pruned arm only.\n\nExample:\n"
+        "  lightning-prune compare --config configs/mnist_cnn.yaml --prune-config configs/prune.yaml \\\n"
+        "      --seeds 5 --output runs/mnist --baseline gmp --trainer.max_epochs 10\n\n"
+        "Each run lives in OUTPUT/runs/<arm>-seed<k>/ with a status.json. Re-running the same command resumes:\n"
+        "finished runs are skipped, crashed or interrupted ones run again.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # --data.* and friends must not be mistaken for our options
+    )
+    parser.add_argument("--config", action="append", required=True, metavar="YAML",
+                        help="task config(s) as for `lightning-prune fit`, for every arm; repeatable")  # fmt: skip
+    parser.add_argument("--prune-config", required=True, metavar="YAML",
+                        help="the pruning recipe added for the pruned arm, e.g. configs/prune.yaml")  # fmt: skip
+    parser.add_argument("--seeds", type=int, default=5, metavar="N", help="seeds 0..N-1 per arm (default: 5)")
+    parser.add_argument("--output", default=None, metavar="DIR",
+                        help="output folder, also the W&B group (default: runs/compare-<config name>)")  # fmt: skip
+    parser.add_argument("--baseline", action="append", choices=BASELINES, default=[],
+                        help="extra arm at the pruned arm's target sparsity and window: Lightning's ModelPruning "
+                        "(uniform global L1) or gmp (cubic gradual magnitude); repeatable")  # fmt: skip
+    parser.add_argument("--arm", action="append", default=[], metavar="NAME=OPTIONS", type=_arm_option,
+                        help="extra pruned arm: the pruned arm's configuration plus OPTIONS, e.g. "
+                        "--arm 'structured=--pruning.mode=structured' or --arm 't95=--pruning.target_sparsity=0.95'; "
+                        "repeatable")  # fmt: skip
+    parser.add_argument("--no-wandb", action="store_true", help="log each run with a CSVLogger instead of W&B")
+    parser.add_argument("--profile-threads", type=int, default=1, metavar="N",
+                        help="CPU threads while timing the final model's latency (default: 1)")  # fmt: skip
+    return parser
+
+
+ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*")
+
+
+def _arm_option(text: str) -> tuple[str, tuple[str, ...]]:
+    """``NAME=OPTIONS`` of ``--arm``: the arm's name and its extra options, split like a shell would.
+
+    Example:
+        >>> _arm_option("structured=--pruning.mode structured --pruning.max_ratio=0.7")
+        ('structured', ('--pruning.mode', 'structured', '--pruning.max_ratio=0.7'))
+    """
+    name, _, options = text.partition("=")
+    if not ARM_NAME.fullmatch(name) or "-seed" in name:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=OPTIONS with NAME made of letters, digits, _ and .")
+    if name in (UNPRUNED, PRUNED, *BASELINES):
+        raise argparse.ArgumentTypeError(f"{text!r}: {name!r} is a built-in arm; choose another name")
+    split = tuple(shlex.split(options))
+    if not split:
+        raise argparse.ArgumentTypeError(f"{text!r}: no options after {name}=; an arm must differ from `pruned`")
+    return name, split
+
+
+class _ConfigOnly(LightningPruneCLI):
+    """Parses (and validates) an arm's arguments without instantiating anything."""
+
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse_arm(args: Sequence[str]) -> Namespace:
+    """An arm's full config as LightningCLI resolves it. Exits with code 2 and jsonargparse's message when invalid."""
+    return _ConfigOnly(args=list(args), run=False).config
+
+
+def without_pruning_options(overrides: Sequence[str]) -> list[str]:
+    """The overrides minus ``--pruning.*`` (and their values): they configure the pruned arm's callback only.
+
+    Example:
+        >>> without_pruning_options(["--pruning.target_sparsity", "0.5", "--trainer.max_epochs=3", "--pruning.mode=x"])
+        ['--trainer.max_epochs=3']
+    """
+    kept, skip_value = [], False
+    for token in overrides:
+        if skip_value:
+            skip_value = False
+            if not token.startswith("--"):
+                continue
+        if token == "--pruning" or token.startswith(("--pruning.", "--pruning=")):
+            skip_value = "=" not in token
+            continue
+        kept.append(token)
+    return kept
+
+
+def _wandb_project(config: Namespace) -> str | None:
+    """The project of the first WandbLogger in the config, or None when the runs do not log to W&B."""
+    for logger in logger_configs(config.get("trainer.logger")):
+        if is_wandb(logger):
+            init_args = logger.get("init_args") or Namespace()
+            return init_args.get("project") or "lightning-prune"
+    return None
+
+
+def plan_comparison(parser: argparse.ArgumentParser, options: argparse.Namespace, overrides: list[str]) -> Comparison:
+    """Check the options and the arms' configs, and plan the runs. Errors go through ``parser.error`` (exit 2)."""
+    if options.seeds < 1:
+        parser.error(f"argument --seeds: must be at least 1, got {options.seeds}")
+    if options.profile_threads < 1:
+        parser.error(f"argument --profile-threads: must be at least 1, got {options.profile_threads}")
+    for flag, paths in (("--config", options.config), ("--prune-config", [options.prune_config])):
+        for path in paths:
+            if not Path(path).is_file():
+                parser.error(f"argument {flag}: file not found: {path}")
+    for token in overrides:
+        if token.split("=", 1)[0] in RESERVED:
+            parser.error(f"argument {token.split('=', 1)[0]}: set by `compare` for each run (see --seeds); drop it")
+    configs = [arg for path in options.config for arg in ("--config", str(Path(path).resolve()))]
+    plain = (*configs, *without_pruning_options(overrides))
+    pruned = (*configs, "--config", str(Path(options.prune_config).resolve()), *overrides)
+
+    plain_config, pruned_config = parse_arm(plain), parse_arm(pruned)
+    if plain_config.get("pruning") is not None:
+        parser.error("argument --config: the task config already adds `pruning:`; put the recipe in --prune-config")
+    pruning = pruned_config.get("pruning")
+    if pruning is None:
+        parser.error(f"argument --prune-config: {options.prune_config} configures no `pruning:` callback")
+    pruning_args = pruning.get("init_args") or Namespace()
+
+    arms = [Arm(UNPRUNED, plain), Arm(PRUNED, pruned)]
+    names = [name for name, _ in options.arm]
+    if len(set(names)) < len(names):
+        parser.error(f"argument --arm: each arm needs its own name, got {', '.join(names)}")
+    for name, options_of_arm in options.arm:
+        arm_args = (*pruned, *options_of_arm)
+        if parse_arm(arm_args).get("pruning") is None:
+            parser.error(f"argument --arm: {name} configures no `pruning:` callback")
+        arms.append(Arm(name, arm_args))
+    for baseline in dict.fromkeys(options.baseline):
+        arms.append(Arm(baseline, plain, _baseline_amounts(parser, baseline, pruning_args, pruned_config)))
+    output = Path(options.output or f"runs/compare-{Path(options.config[0]).stem}").resolve()
+    project = _wandb_project(plain_config)
+    settings = {
+        "configs": configs,
+        "prune_config": str(Path(options.prune_config).resolve()),
+        "overrides": overrides,
+        "no_wandb": bool(options.no_wandb),
+        "profile_threads": options.profile_threads,
+    }
+    if options.arm:
+        settings["arms"] = {name: list(args) for name, args in options.arm}
+    return Comparison(
+        output=output,
+        seeds=list(range(options.seeds)),
+        arms=arms,
+        wandb=not options.no_wandb and project is not None,
+        project=project or "lightning-prune",
+        profile_threads=options.profile_threads,
+        parameters=pruning_args.get("parameters"),
+        exclude=pruning_args.get("exclude"),
+        settings=settings,
+    )
+
+
+def _baseline_amounts(
+    parser: argparse.ArgumentParser, baseline: str, pruning: Namespace, config: Namespace
+) -> dict[int, float]:
+    """The baseline's ModelPruning schedule: the pruned arm's target, over the pruned arm's pruning epochs."""
+    target = pruning.get("target_sparsity")
+    if target is None:
+        parser.error(f"argument --baseline: {baseline} prunes to the pruned arm's target: set "
+                     "`target_sparsity` in --prune-config or --pruning.target_sparsity")  # fmt: skip
+    max_epochs = config.get("trainer.max_epochs")
+    if max_epochs is None or max_epochs < 1:
+        parser.error(f"argument --baseline: {baseline} spreads its pruning over epochs: set --trainer.max_epochs")
+    window = PruningWindow(pruning.get("start_epoch") or 0, pruning.get("end_epoch"), pruning.get("interval") or 1,
+                           pruning.get("interval_unit") or "epoch")  # fmt: skip
+    epochs = window.decision_epochs(max_epochs)
+    if not epochs:
+        parser.error(f"argument --baseline: the pruned arm's window holds no pruning epoch for {baseline}")
+    return baseline_schedule(baseline, target, epochs)
+
+
+def _check_resume(parser: argparse.ArgumentParser, comparison: Comparison) -> None:
+    """A folder holds one comparison: resuming with other settings would mix runs that differ by more than the arm."""
+    path = comparison.output / SETTINGS_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != comparison.settings:
+            keys = {*saved, *comparison.settings}
+            changed = sorted(key for key in keys if saved.get(key) != comparison.settings.get(key))
+            parser.error(f"argument --output: {comparison.output} holds a comparison with other settings "
+                         f"({', '.join(changed)} differ); choose another --output or remove the folder")  # fmt: skip
+    write_json(path, comparison.settings)
+
+
+def compare_main(argv: list[str]) -> None:
+    """``lightning-prune compare``: see ``lightning-prune compare --help``.
+
+    Raises:
+        SystemExit: 2 for bad arguments, 1 when some runs crashed (their traceback is in their ``status.json``), 130
+            when interrupted; re-running the command resumes.
+    """
+    parser = build_parser()
+    options, overrides = parser.parse_known_args(argv)
+    comparison = plan_comparison(parser, options, overrides)
+    comparison.command = ["lightning-prune", "compare", *argv]
+    comparison.output.mkdir(parents=True, exist_ok=True)
+    _check_resume(parser, comparison)
+    if comparison.wandb:
+        choose_wandb_mode()
+    say(f"{len(comparison.arms)} arms x {len(comparison.seeds)} seeds into {comparison.output}")
+    try:
+        records = run_comparison(comparison)
+    except KeyboardInterrupt:
+        records = [read_status(spec.directory) for spec in comparison.specs()]
+        write_outputs(comparison, [r for r in records if r is not None], log_wandb=False)
+        say("interrupted: re-run the same command to resume (finished runs are skipped)")
+        raise SystemExit(130) from None
+    write_outputs(comparison, records)
+    say(f"report: {comparison.output / 'report.md'}")
+    crashed = [f"{r['arm']}-seed{r['seed']}" for r in records if r["status"] != "finished"]
+    if crashed:
+        say(f"{len(crashed)} run(s) did not finish ({', '.join(crashed)}): see their status.json; re-run to retry")
+        raise SystemExit(1)

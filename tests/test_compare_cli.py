@@ -1,0 +1,75 @@
+"""``lightning-prune compare``'s command line: the baselines it plans, which options reach which arm, bad arguments."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lightning_prune.cli import main
+from lightning_prune.compare import baselines
+from lightning_prune.compare.cli import without_pruning_options
+from lightning_prune.schedule import PruningWindow
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_baseline_schedules_reach_the_target():
+    # s_t = 0.9 * (1 - (1 - t/3)^3): 0.9 * 19/27, 0.9 * 26/27, 0.9
+    assert baselines.gmp_sparsities(0.9, 3) == pytest.approx([0.9 * 19 / 27, 0.9 * 26 / 27, 0.9])
+    # per step, of the remaining weights: 19/30, (0.9*7/27) / (1 - 0.9*19/27) = 7/11, (0.9/27) / (1 - 0.9*26/27) = 1/4
+    amounts = baselines.amounts_from_sparsities(baselines.gmp_sparsities(0.9, 3))
+    assert amounts == pytest.approx([19 / 30, 7 / 11, 1 / 4])
+    for schedule in (amounts, baselines.uniform_amounts(0.9, 3)):
+        assert 1 - math.prod(1 - a for a in schedule) == pytest.approx(0.9)
+    assert baselines.uniform_amounts(0.9, 3) == pytest.approx([1 - 0.1 ** (1 / 3)] * 3)
+    # the callback's default window: epochs before 80% of max_epochs
+    assert PruningWindow().decision_epochs(2) == [0]
+    assert PruningWindow(start_epoch=1).decision_epochs(5) == [1, 2, 3]
+    assert baselines.baseline_schedule("modelpruning", 0.5, [3]) == {3: pytest.approx(0.5)}
+
+
+def test_pruning_overrides_reach_only_the_pruned_arm():
+    overrides = ["--pruning.target_sparsity", "0.5", "--trainer.max_epochs", "3", "--pruning.mode=structured"]
+    assert without_pruning_options(overrides) == ["--trainer.max_epochs", "3"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--seeds": "0"}, "argument --seeds: must be at least 1"),
+        ({"--config": "missing.yaml"}, "argument --config: file not found: missing.yaml"),
+        ({"--prune-config": "missing.yaml"}, "argument --prune-config: file not found"),
+        ({"--baseline": "magic"}, "argument --baseline: invalid choice: 'magic'"),
+        ({"--baseline": "gmp", "--pruning.target_sparsity": "null"}, "argument --baseline: gmp prunes to the pruned"),
+        ({"--seed_everything": "3"}, "argument --seed_everything: set by `compare`"),
+        ({"--arm": "pruned=--pruning.max_ratio=0.7"}, "argument --arm: 'pruned=--pruning.max_ratio=0.7': 'pruned' is"),
+        ({"--arm": "wide"}, "argument --arm: 'wide': no options after wide="),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_argument(change, message, tmp_path, capsys):
+    args = {"--config": str(CONFIGS / "mnist_cnn.yaml"), "--prune-config": str(CONFIGS / "prune.yaml"),
+            "--output": str(tmp_path / "out"), "--no-wandb": None, **change}  # fmt: skip
+    argv = ["compare", *[token for key, value in args.items() for token in (key, value) if token is not None]]
+    with pytest.raises(SystemExit) as error:
+        main(argv)
+    assert error.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage: lightning-prune compare" in err
+    assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_prune_config_is_required(capsys):
+    with pytest.raises(SystemExit) as error:
+        main(["compare", "--config", str(CONFIGS / "mnist_cnn.yaml")])
+    assert error.value.code == 2
+    assert "--prune-config" in capsys.readouterr().err
+
+
+def test_compare_help_from_the_console_script():
+    script = Path(sys.executable).parent / "lightning-prune"
+    result = subprocess.run([str(script), "compare", "--help"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    for text in ("usage: lightning-prune compare", "--prune-config", "--seeds", "--baseline", "--no-wandb", "resumes"):
+        assert text in result.stdout, text
