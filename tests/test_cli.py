@@ -144,7 +144,8 @@ def test_pruned_run_logs_pruning_curves_to_wandb_and_its_saved_config_reloads(ti
     assert len(pruning.history) == 2 and pruning.sparsity > 0
     # prune.yaml adds the callback without replacing the task's own callbacks
     names = {type(cb).__name__ for cb in cli.trainer.callbacks}
-    assert {"ModelCheckpoint", "RichProgressBar", "RealTimePruningCallback"} <= names
+    assert {"ModelCheckpoint", "RealTimePruningCallback"} <= names
+    assert names & {"RichProgressBar", "PlainProgressBar"}  # Rich in a terminal, plain lines in a log
     assert cli.trainer.logger.experiment.tags == ("pruned",)
     wandb.finish()
     # the offline run file holds each logged key once per logged row (protobuf keeps the names as plain text)
@@ -199,3 +200,20 @@ def test_last_ckpt_holds_the_latest_epoch_even_when_val_acc_stopped_improving(ti
     assert "epoch=0-" in cli.trainer.checkpoint_callback.best_model_path
     last = next(Path("runs/mnist_cnn").rglob("last.ckpt"))
     assert torch.load(last, weights_only=False)["global_step"] == cli.trainer.global_step == 6
+
+
+def test_without_a_terminal_the_fit_prints_plain_progress_lines_during_the_epoch(tiny_mnist, tmp_path):
+    log = tmp_path / "fit.log"
+    with log.open("w") as stdout:  # stdout is a file, as under nohup or a batch scheduler
+        result = subprocess.run(
+            [str(Path(sys.executable).parent / "lightning-prune"), "fit", "--config", str(CONFIGS / "mnist_cnn.yaml"),
+             "--data.data_dir", str(tiny_mnist), "--data.batch_size", "8", "--trainer.max_epochs", "1"],
+            stdout=stdout, stderr=subprocess.PIPE, text=True, check=False, cwd=tmp_path,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = log.read_text().splitlines()
+    during = [line for line in lines if line.startswith("Epoch 0 step ") and "(100%)" not in line]
+    assert during, lines
+    assert "train_loss" in during[0] and "it/s" in during[0] and "left" in during[0]
+    assert any(line.startswith("Epoch 0 validation,") and "val_acc" in line for line in lines)
+    assert any(line.startswith("Epoch 0 done in") for line in lines)

@@ -1,5 +1,6 @@
 """The DataModules: right shapes and dtypes from tiny Hub-schema Parquet, and clear errors for bad input."""
 
+import logging
 from pathlib import Path
 
 import datasets
@@ -115,3 +116,31 @@ def test_bad_arguments_name_themselves(kwargs, name):
 def test_val_size_larger_than_train_is_rejected(tiny_mnist):
     with pytest.raises(ValueError, match="val_size"):
         MNISTDataModule(data_dir=str(tiny_mnist), val_size=500).setup("fit")
+
+
+def test_val_size_is_a_count_or_a_fraction_and_the_default_fits_a_small_split(tiny_mnist, caplog):
+    with caplog.at_level(logging.INFO):
+        small = MNISTDataModule(data_dir=str(tiny_mnist))  # 96 training rows: 5000 cannot be carved out
+        small.setup("fit")
+    assert (len(small.train_set), len(small.val_set)) == (86, 10)
+    assert "validation: 10 of the 96 training rows (the default val_size=5000" in caplog.text
+    quarter = MNISTDataModule(data_dir=str(tiny_mnist), val_size=0.25)
+    quarter.setup("fit")
+    assert (len(quarter.train_set), len(quarter.val_set)) == (72, 24)
+    for bad in (0.0, 1.5, -0.2):
+        with pytest.raises(ValueError, match="val_size"):
+            MNISTDataModule(val_size=bad)
+    with pytest.raises(TypeError, match="val_size"):
+        MNISTDataModule(val_size="0.1")
+
+
+def test_a_tiny_data_set_trains_with_the_default_val_size(tiny_mnist, tmp_path):
+    import lightning as L
+
+    from lightning_prune import ClassificationModule
+    from lightning_prune.models import MNISTCNN
+
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path, enable_model_summary=False)  # fmt: skip
+    trainer.fit(ClassificationModule(MNISTCNN()), MNISTDataModule(data_dir=str(tiny_mnist)))
+    assert "val_acc" in trainer.callback_metrics

@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_prune.callback import RealTimePruningCallback
+from lightning_prune.cli.progress import use_plain_progress_when_piped
 from lightning_prune.cli.wandb_mode import choose_wandb_mode, tag_wandb_run, wandb_offline
 
 
@@ -75,6 +76,7 @@ class LightningPruneCLI(LightningCLI):
         config = self.config.get(str(self.subcommand), self.config)
         link_vocab_size(config)
         tag_wandb_run(config)
+        use_plain_progress_when_piped(config)
         self.wandb_offline_reason = choose_wandb_mode()
 
     def before_fit(self) -> None:

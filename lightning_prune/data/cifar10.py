@@ -12,7 +12,8 @@ class CIFAR10DataModule(ImageDataModule):
         data_dir: Folder with ``train-*.parquet`` and ``test-*.parquet`` in the Hub schema; None loads the Hub.
         batch_size: Samples per batch.
         num_workers: DataLoader worker processes.
-        val_size: Rows carved from the train split (with ``seed``) for validation.
+        val_size: Training rows carved out (with ``seed``) for validation: a count, or a fraction in (0, 1); the
+            default 5000 takes 10% of a split too small for it.
         seed: Seed of the train/validation split.
     """
 

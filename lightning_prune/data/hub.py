@@ -7,6 +7,7 @@ import datasets
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Dataset, Subset
 
 SPLITS = ("train", "test")
@@ -98,10 +99,39 @@ def images_to_tensor(split: datasets.Dataset, column: str) -> tuple[torch.Tensor
     return pixels.permute(0, 3, 1, 2).contiguous(), labels.long()
 
 
+DEFAULT_VAL_SIZE = 5000
+# the share of a small training split that the default carves out instead of DEFAULT_VAL_SIZE examples
+SMALL_SPLIT_FRACTION = 0.1
+
+
+def validation_count(num_rows: int, val_size: int | float) -> tuple[int, str]:
+    """How many of ``num_rows`` training rows go to validation, and a sentence saying how that was decided.
+
+    ``val_size`` is a count (an int >= 0) or a fraction (a float in (0, 1)). The default count, 5000, takes 10% of a
+    training split too small to give 5000 and keep as many for training.
+
+    Example:
+        >>> validation_count(60000, 5000)[0], validation_count(60000, 0.25)[0], validation_count(96, 5000)[0]
+        (5000, 15000, 10)
+    """
+    if isinstance(val_size, float):
+        count = max(1, round(val_size * num_rows))
+        how = f"val_size={val_size} of {num_rows:,} rows"
+    elif val_size == DEFAULT_VAL_SIZE and 2 * val_size > num_rows:
+        count = max(1, round(SMALL_SPLIT_FRACTION * num_rows))
+        how = f"the default val_size={DEFAULT_VAL_SIZE} would leave too little to train on: 10% instead"
+    else:
+        count, how = val_size, f"val_size={val_size}"
+    if not 0 <= count < num_rows:
+        raise ValueError(
+            f"`val_size` must leave training rows: a count in [0, {num_rows}) or a fraction in (0, 1) for a train "
+            f"split of {num_rows} rows, got {val_size}"
+        )
+    return count, f"validation: {count:,} of the {num_rows:,} training rows ({how})"
+
+
 def train_val_indices(num_rows: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded split of ``range(num_rows)`` into train and validation indices."""
-    if not 0 <= val_size < num_rows:
-        raise ValueError(f"`val_size` must be in [0, {num_rows}) for a train split of {num_rows} rows, got {val_size}")
+    """A seeded split of ``range(num_rows)`` into train and ``val_size`` validation indices."""
     order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed))
     return order[val_size:], order[:val_size]
 
@@ -122,7 +152,7 @@ class HubDataModule(L.LightningDataModule):
         data_dir: str | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
-        val_size: int = 5000,
+        val_size: int | float = DEFAULT_VAL_SIZE,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -130,8 +160,10 @@ class HubDataModule(L.LightningDataModule):
             raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
         if num_workers < 0:
             raise ValueError(f"`num_workers` must be >= 0, got {num_workers}")
-        if val_size < 0:
-            raise ValueError(f"`val_size` must be >= 0, got {val_size}")
+        if isinstance(val_size, bool) or not isinstance(val_size, (int, float)):
+            raise TypeError(f"`val_size` must be a count (int) or a fraction (float), got {val_size!r}")
+        if (isinstance(val_size, int) and val_size < 0) or (isinstance(val_size, float) and not 0 < val_size < 1):
+            raise ValueError(f"`val_size` must be a count >= 0 or a fraction in (0, 1), got {val_size}")
         self.data_dir = data_dir
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -152,7 +184,9 @@ class HubDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         train_augmented, train_plain, self.test_set = self._build(self.load())
-        train_idx, val_idx = train_val_indices(len(train_plain), self.val_size, self.seed)
+        count, said = validation_count(len(train_plain), self.val_size)
+        rank_zero_info(f"{type(self).__name__}: {said}")
+        train_idx, val_idx = train_val_indices(len(train_plain), count, self.seed)
         self.train_set = Subset(train_augmented, train_idx.tolist())
         self.val_set = Subset(train_plain, val_idx.tolist())
 

@@ -9,7 +9,7 @@ from tokenizers.models import WordLevel
 from tokenizers.trainers import WordLevelTrainer
 from torch.utils.data import Dataset, TensorDataset
 
-from lightning_prune.data.hub import HubDataModule
+from lightning_prune.data.hub import DEFAULT_VAL_SIZE, HubDataModule
 
 PAD_TOKEN, UNK_TOKEN = "[PAD]", "[UNK]"  # ids 0 and 1: the model's padding index is 0
 
@@ -41,7 +41,8 @@ class IMDBDataModule(HubDataModule):
         data_dir: Folder with ``train-*.parquet`` and ``test-*.parquet`` in the Hub schema; None loads the Hub.
         batch_size: Samples per batch.
         num_workers: DataLoader worker processes.
-        val_size: Rows carved from the train split (with ``seed``) for validation.
+        val_size: Training rows carved out (with ``seed``) for validation: a count, or a fraction in (0, 1); the
+            default 5000 takes 10% of a split too small for it.
         seed: Seed of the train/validation split.
         vocab_size: Tokenizer vocabulary, special tokens included; the CLI passes it on to the model.
         max_length: Reviews are truncated to this many tokens.
@@ -55,7 +56,7 @@ class IMDBDataModule(HubDataModule):
         data_dir: str | None = None,
         batch_size: int = 64,
         num_workers: int = 0,
-        val_size: int = 5000,
+        val_size: int | float = DEFAULT_VAL_SIZE,
         seed: int = 0,
         vocab_size: int = 20000,
         max_length: int = 256,
