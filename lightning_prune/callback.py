@@ -18,7 +18,7 @@ from lightning_prune.inputs import candidate_inputs
 from lightning_prune.pruners import PRUNER_MODES, SHRINK_WHEN, make_pruner
 from lightning_prune.schedule import DEFAULT_END_FRACTION, PruningWindow
 from lightning_prune.signals import PacingSignals
-from lightning_prune.validation import check_bool, check_choice, check_name, check_number, check_patterns
+from lightning_prune.validation import check_bool, check_choice, check_int, check_name, check_number, check_patterns
 
 __all__ = ["DEFAULT_END_FRACTION", "RealTimePruningCallback"]
 
@@ -48,6 +48,8 @@ class RealTimePruningCallback(Callback):
         parameters: Glob patterns of parameters to prune instead of the default (Conv/Linear/LSTM/GRU weights but
             the final classifier); ``exclude``: patterns never to prune.
         saliency_beta: Per-step smoothing of the running saliency, in [0, 1).
+        saliency_every: Score every this many optimizer steps near a decision (each score stands for the steps since
+            the last), >= 1: the per-step cost divided by it, the memory of the past unchanged.
         shrink_when: Structured mode: ``"during"`` removes cut channels at the next interval (training gets cheaper),
             ``"end"`` keeps them masked and leaves the compaction to :meth:`export`.
         log_layers: Also log each weight's sparsity as ``pruning/layer/<name>``.
@@ -92,6 +94,7 @@ class RealTimePruningCallback(Callback):
         parameters: list[str] | None = None,
         exclude: list[str] | None = None,
         saliency_beta: float = 0.99,
+        saliency_every: int = 8,
         grad_damping: float = 2.0,
         shrink_when: str = "during",
         log_layers: bool = False,
@@ -104,6 +107,7 @@ class RealTimePruningCallback(Callback):
         check_number("min_layer_density", min_layer_density, 0, 1)
         check_name("monitor", monitor, "a logged metric")
         check_number("saliency_beta", saliency_beta, 0, 1, high_open=True)
+        self.saliency_every = check_int("saliency_every", saliency_every, 1)
         parameters, exclude = check_patterns("parameters", parameters), check_patterns("exclude", exclude)
         for name, flag in (("normalize_per_layer", normalize_per_layer), ("log_layers", log_layers),
                            ("verbose", verbose)):  # fmt: skip
@@ -114,18 +118,14 @@ class RealTimePruningCallback(Callback):
             cooldown=cooldown, target_sparsity=target_sparsity, grad_damping=grad_damping,
         )  # fmt: skip
         self.pruner = make_pruner(
-            mode, shrink_when, importance=importance, saliency_beta=saliency_beta,
+            mode, shrink_when, importance=importance, saliency_beta=saliency_beta, saliency_every=saliency_every,
             min_layer_density=min_layer_density, normalize_per_layer=normalize_per_layer,
             target_sparsity=target_sparsity, parameters=parameters, exclude=exclude,
         )  # fmt: skip
         self.mode, self.importance, self.shrink_when, self.monitor = mode, importance, shrink_when, monitor
-        self.target_sparsity, self.min_layer_density, self.saliency_beta = (
-            target_sparsity,
-            min_layer_density,
-            saliency_beta,
-        )
-        self.normalize_per_layer, self.parameters, self.exclude = normalize_per_layer, parameters, exclude
-        self.log_layers, self.verbose = log_layers, verbose
+        self.target_sparsity, self.min_layer_density = target_sparsity, min_layer_density
+        self.saliency_beta, self.normalize_per_layer = saliency_beta, normalize_per_layer
+        self.parameters, self.exclude, self.log_layers, self.verbose = parameters, exclude, log_layers, verbose
 
         self.history: list[IntervalRecord] = []
         self.final_profile: dict[str, float] | None = None
@@ -167,11 +167,7 @@ class RealTimePruningCallback(Callback):
 
     def export(self, module: torch.nn.Module) -> torch.nn.Module:
         """A compact dense copy of ``module`` (the original is untouched) without the channels whose outputs are
-        exactly zero: in structured mode every cut channel, so the copy computes what the pruned model computes.
-
-        The copy is traced with the example input captured from the first training batch (or
-        ``module.example_input_array``).
-        """
+        exactly zero: in structured mode every cut channel, so the copy computes what the pruned model computes."""
         return self.pruner.export(module)
 
     # -- setup ---------------------------------------------------------------------------------------------------
@@ -215,18 +211,20 @@ class RealTimePruningCallback(Callback):
     def on_before_optimizer_step(
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", optimizer: torch.optim.Optimizer
     ) -> None:
-        # gradients here are final: unscaled under AMP, all-reduced under DDP. Only steps near a decision weigh in it;
-        # a step with non-finite gradients (what GradScaler skips) enters neither the saliency nor the norm
-        # the running saliency forgets at rate beta: steps further from the decision than its horizon barely count,
-        # so the per-step cost is paid only near each decision
+        # gradients here are final: unscaled under AMP, all-reduced under DDP. Only every few steps near a decision
+        # are scored: the running saliency forgets at rate beta, so steps further away than its horizon barely count
+        if self._done:
+            return
         horizon = self.pruner.saliency.horizon * max(1, trainer.accumulate_grad_batches)
         near = self.window.near_decision(
             trainer.current_epoch, trainer.global_step, self._batch_idx, trainer.num_training_batches, horizon
         )
-        finite = self._signals.after_gradients(self._trained) if near else True
-        self.pruner.before_step(
-            score=near and finite and not self._done and self.window.contains(trainer.current_epoch)
-        )
+        if not near or trainer.global_step % self.saliency_every:
+            self.pruner.score(fold_in=False)
+            return
+        # a step with non-finite gradients (what GradScaler skips) is, for the statistics, a step that did not happen
+        if self._signals.after_gradients(self._trained):
+            self.pruner.score(fold_in=self.window.contains(trainer.current_epoch))
 
     def on_train_batch_end(
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int
@@ -252,7 +250,9 @@ class RealTimePruningCallback(Callback):
         grad_norm = None if grad_norm is None else self._reduced(trainer, grad_norm)
         decision = self._decide(trainer, epoch, loss, grad_norm)
         changed = self._act(trainer, decision)
-        self._done = self._done or decision.action == Action.DONE
+        if decision.action == Action.DONE:
+            self._done = True
+            self.pruner.saliency.release()  # no decision will read it again
         entry: IntervalRecord = {"epoch": epoch, "step": trainer.global_step, "loss": loss, "grad_norm": grad_norm,
                                  "ratio": decision.ratio, "pruned": changed, "sparsity": self.sparsity,
                                  "action": decision.action.name.lower(), "reason": decision.reason}  # fmt: skip

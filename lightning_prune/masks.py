@@ -1,12 +1,14 @@
-"""Mask bookkeeping for unstructured pruning: select, cut, keep cut weights at zero, undo the last cut.
+"""Mask bookkeeping: select, cut, keep cut weights at zero, undo the last cut.
 
 No forward pre-hooks and no ``weight_orig`` copies: the weights themselves hold the zeros. What keeps them at zero is
-cheap and explicit: the gradients of cut weights are zeroed before each optimizer step (so momentum-based optimizers
-cannot move them), the masks are re-applied after it, and the optimizer's per-weight state is zeroed at the cut.
+one fused multiply after each optimizer step (whatever the optimizer did, a cut weight is zero before the next
+forward), and the optimizer's per-weight state is zeroed at the cut. The mask is stored once, as a multiplier of the
+weight's own dtype (0 cut, 1 kept): multiplying by it is ~10x faster than by a bool mask, and the bool view
+(``pruned``) is derived when a decision needs it. A tensor that was never cut has no mask at all.
 """
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
 import torch
@@ -16,8 +18,40 @@ from lightning_prune.layers import count_nonzero
 from lightning_prune.optim import zero_state_entries
 
 
+class PrunedView(MutableMapping):
+    """``masks.pruned[name]``: a bool tensor, ``True`` where the weight is cut; derived from the multipliers on each
+    read (read it once per decision, not per step), and setting it marks those entries cut without touching weights."""
+
+    def __init__(self, masks: "PruningMasks") -> None:
+        self.masks = masks
+
+    def __getitem__(self, name: str) -> Tensor:
+        keep = self.masks.keep.get(name)
+        if keep is None:
+            return torch.zeros_like(self.masks.weights[name], dtype=torch.bool)
+        return keep == 0
+
+    def __setitem__(self, name: str, pruned: Tensor) -> None:
+        weight = self.masks.weights[name]
+        if pruned.shape != weight.shape:
+            raise ValueError(f"mask {name!r} has shape {tuple(pruned.shape)}, the weight {tuple(weight.shape)}")
+        if bool(pruned.any()):
+            self.masks.keep[name] = (~pruned).to(device=weight.device, dtype=weight.dtype)
+        else:
+            self.masks.keep.pop(name, None)
+
+    def __delitem__(self, name: str) -> None:
+        raise TypeError("masks cannot be removed; set them to all False instead")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.masks.weights)
+
+    def __len__(self) -> int:
+        return len(self.masks.weights)
+
+
 class PruningMasks:
-    """Masks over a set of named weights; ``True`` marks a weight that was cut.
+    """Masks over a set of named weights.
 
     Args:
         weights: The prunable weights, by name.
@@ -31,8 +65,9 @@ class PruningMasks:
         >>> w.data
         tensor([[0.0000, 0.9000],
                 [0.5000, 0.0000]])
-        >>> masks.sparsity()
-        0.5
+        >>> masks.pruned["w"], masks.sparsity()
+        (tensor([[ True, False],
+                [False,  True]]), 0.5)
         >>> masks.undo_last_cut()
         2
         >>> w.data
@@ -42,11 +77,14 @@ class PruningMasks:
 
     def __init__(self, weights: Mapping[str, Tensor]) -> None:
         self.weights = dict(weights)
-        self.pruned = {name: torch.zeros_like(w, dtype=torch.bool) for name, w in self.weights.items()}
+        # name -> multiplier of the weight's dtype (0 cut, 1 kept), only for tensors with a cut
+        self.keep: dict[str, Tensor] = {}
         # flat indices and values of the last cut, per weight, so that a rollback can restore them exactly
         self.last_cut: dict[str, tuple[Tensor, Tensor]] = {}
-        self._active: list[str] = []
-        self._keep: list[Tensor] = []
+
+    @property
+    def pruned(self) -> PrunedView:
+        return PrunedView(self)
 
     # -- counting, from the weights themselves ---------------------------------------------------------------------
 
@@ -60,7 +98,7 @@ class PruningMasks:
 
     @torch.no_grad()
     def layer_sparsity(self) -> dict[str, float]:
-        return {name: float((w == 0).sum()) / w.numel() for name, w in self.weights.items()}
+        return {name: 1 - float(w.count_nonzero()) / w.numel() for name, w in self.weights.items()}
 
     # -- selection -----------------------------------------------------------------------------------------------
 
@@ -79,8 +117,9 @@ class PruningMasks:
             Flat indices to cut, per weight name (only weights that lose something).
         """
         names, candidates, positions = [], [], []
+        pruned = self.pruned
         for name, w in self.weights.items():
-            remaining = (~self.pruned[name]).view(-1).nonzero().squeeze(1)
+            remaining = (~pruned[name]).view(-1).nonzero().squeeze(1)
             removable = remaining.numel() - math.ceil(min_layer_density * w.numel())
             if removable <= 0:
                 continue
@@ -119,78 +158,74 @@ class PruningMasks:
         self.last_cut = {}
         total = 0
         for name, indices in selection.items():
-            w = self.weights[name]
-            flat = w.view(-1)
-            self.last_cut[name] = (indices.clone(), flat[indices].clone())
+            flat = self.weights[name].view(-1)
+            # int32 positions where they fit: the rollback copy costs 8 bytes per cut weight, not 12
+            positions = indices.to(torch.int32) if flat.numel() < 2**31 else indices
+            self.last_cut[name] = (positions, flat[indices].clone())
             flat[indices] = 0
-            self.pruned[name].view(-1)[indices] = True
+            self._keep_of(name).view(-1)[indices] = 0
             total += indices.numel()
         zero_state_entries(optimizers, {self.weights[name]: indices for name, indices in selection.items()})
         return total
+
+    def _keep_of(self, name: str) -> Tensor:
+        if name not in self.keep:
+            self.keep[name] = torch.ones_like(self.weights[name], memory_format=torch.contiguous_format)
+        return self.keep[name]
 
     @torch.no_grad()
     def undo_last_cut(self) -> int:
         """Restore the weights removed by the last cut to their saved values. Returns how many came back."""
         restored = 0
-        for name, (indices, values) in self.last_cut.items():
-            self.weights[name].view(-1)[indices] = values.to(self.weights[name].device)
-            self.pruned[name].view(-1)[indices] = False
+        for name, (positions, values) in self.last_cut.items():
+            weight = self.weights[name]
+            indices = positions.to(device=weight.device, dtype=torch.long)
+            weight.view(-1)[indices] = values.to(weight.device)
+            self.keep[name].view(-1)[indices] = 1
             restored += indices.numel()
         self.last_cut = {}
         return restored
 
-    def follow_weights(self) -> None:
-        """Move the masks to their weights' devices (the model may have moved since they were made)."""
-        for name, weight in self.weights.items():
-            self.pruned[name] = self.pruned[name].to(weight.device)
-            if name in self.last_cut:
-                self.last_cut[name] = tuple(t.to(weight.device) for t in self.last_cut[name])
-        self._keep = [(~self.pruned[n]).to(self.weights[n].dtype) for n in self._active]
-
-    def refresh(self) -> None:
-        """Recompute which weights have cut entries (the per-step work touches only those)."""
-        self._active = [name for name, p in self.pruned.items() if bool(p.any())]
-        # multiplying by a mask of the weight's own dtype is ~10x faster than by a bool mask (no conversion) or
-        # masked_fill (no fused multi-tensor kernel); it costs one weight-sized buffer per pruned tensor
-        self._keep = [(~self.pruned[n]).to(self.weights[n].dtype) for n in self._active]
-
-    @torch.no_grad()
-    def mask_gradients(self) -> None:
-        """Zero the gradients of cut weights: one fused multi-tensor kernel, however many layers."""
-        pairs = [(self.weights[n].grad, keep) for n, keep in zip(self._active, self._keep, strict=True)]
-        pairs = [(grad, keep) for grad, keep in pairs if grad is not None]
-        if pairs:
-            torch._foreach_mul_([g for g, _ in pairs], [k for _, k in pairs])
-
     @torch.no_grad()
     def apply(self) -> None:
-        """Zero the cut weights again (after an optimizer step), fused like :meth:`mask_gradients`."""
-        if self._active:
-            torch._foreach_mul_([self.weights[n] for n in self._active], self._keep)
+        """Zero the cut weights again after an optimizer step: one fused multi-tensor kernel, however many layers."""
+        if self.keep:
+            torch._foreach_mul_([self.weights[n] for n in self.keep], list(self.keep.values()))
+
+    def follow_weights(self) -> None:
+        """Move the masks to their weights' devices (the model may have moved since they were made)."""
+        for name in self.keep:
+            self.keep[name] = self.keep[name].to(self.weights[name].device)
+        for name, (positions, values) in self.last_cut.items():
+            device = self.weights[name].device
+            self.last_cut[name] = (positions.to(device), values.to(device))
+
+    def buffer_bytes(self) -> int:
+        """What the masks and the rollback copy hold, in bytes."""
+        masks = sum(k.numel() * k.element_size() for k in self.keep.values())
+        rollback = sum(p.numel() * p.element_size() + v.numel() * v.element_size() for p, v in self.last_cut.values())
+        return masks + rollback
 
     # -- persistence ----------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "pruned": {name: p.clone() for name, p in self.pruned.items()},
+            "pruned": {name: p.cpu() for name, p in self.pruned.items()},
             "last_cut": {name: (i.clone(), v.clone()) for name, (i, v) in self.last_cut.items()},
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        missing = set(self.pruned) - set(state["pruned"])
-        unexpected = set(state["pruned"]) - set(self.pruned)
+        missing = set(self.weights) - set(state["pruned"])
+        unexpected = set(state["pruned"]) - set(self.weights)
         if missing or unexpected:
             raise KeyError(
                 f"the saved masks do not fit this model: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
             )
+        self.keep = {}
         for name, pruned in state["pruned"].items():
-            if pruned.shape != self.pruned[name].shape:
-                raise ValueError(
-                    f"saved mask {name!r} has shape {tuple(pruned.shape)}, the weight {tuple(self.pruned[name].shape)}"
-                )
-            self.pruned[name] = pruned.to(self.weights[name].device)
+            self.pruned[name] = pruned
         self.last_cut = {name: (i, v) for name, (i, v) in state["last_cut"].items()}
-        self.refresh()
+        self.follow_weights()
         self.apply()
 
 

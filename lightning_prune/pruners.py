@@ -1,6 +1,6 @@
 """What the callback prunes with: single weights or whole channels, behind one interface.
 
-The callback never asks which mode it runs in. It tells a pruner when a step happened (:meth:`Pruner.before_step`,
+The callback never asks which mode it runs in. It tells a pruner when a step happened (:meth:`Pruner.score`,
 :meth:`Pruner.after_step`), when a decision is due (:meth:`Pruner.before_decision`, then :meth:`Pruner.prune` or
 :meth:`Pruner.undo`) and when training ends (:meth:`Pruner.finish`); the pruner owns the masks and the saliency.
 
@@ -39,6 +39,7 @@ class Pruner:
     Args:
         importance: The saliency method (``importance.py``).
         saliency_beta: Per-step smoothing of the running saliency.
+        saliency_every: Steps between saliency updates near a decision.
         min_layer_density: No prunable tensor (or channel group) keeps less than this share.
         normalize_per_layer: Rank saliency normalised per layer (or group) rather than raw.
         target_sparsity: The cut that reaches the target reaches it exactly, in whole weights.
@@ -50,6 +51,7 @@ class Pruner:
         self,
         importance: str,
         saliency_beta: float,
+        saliency_every: int,
         min_layer_density: float,
         normalize_per_layer: bool,
         target_sparsity: float | None,
@@ -58,6 +60,7 @@ class Pruner:
     ) -> None:
         self.importance = importance
         self.saliency_beta = saliency_beta
+        self.saliency_every = saliency_every
         self.min_layer_density = min_layer_density
         self.normalize_per_layer = normalize_per_layer
         self.target_sparsity = target_sparsity
@@ -137,15 +140,15 @@ class Pruner:
 
     # -- per step ---------------------------------------------------------------------------------------------------
 
-    def before_step(self, score: bool) -> None:
-        """Gradients are final: keep cut weights' gradients at zero; fold them into the saliency when ``score``."""
-        self.masks.mask_gradients()
-        if score:
+    def score(self, fold_in: bool) -> None:
+        """The step's gradients are final: fold them into the saliency, or let the next update stand for them."""
+        if fold_in:
             self.saliency.update()
         else:
             self.saliency.skip()
 
     def after_step(self) -> None:
+        """Whatever the optimizer did, cut weights are zero again before the next forward."""
         self.masks.apply()
 
     # -- per decision -----------------------------------------------------------------------------------------------
@@ -171,7 +174,6 @@ class Pruner:
         selection = trainer.strategy.broadcast(selection, src=0)
         before = count_nonzero(self.prunable_now())
         self.masks.cut(selection, trainer.optimizers)
-        self.masks.refresh()
         return before - count_nonzero(self.prunable_now())
 
     def select(self, count: int) -> dict[str, Tensor]:
@@ -179,9 +181,7 @@ class Pruner:
 
     def undo(self) -> int:
         """Restore the last cut; return how many weights came back."""
-        restored = self.masks.undo_last_cut()
-        self.masks.refresh()
-        return restored
+        return self.masks.undo_last_cut()
 
     def finish(self, trainer: "L.Trainer") -> None:
         """Training is over."""
@@ -237,7 +237,7 @@ class UnstructuredPruner(Pruner):
         named = dict(self.module.named_parameters())
         weights = {name: named[name] for name in self.prunable}
         self.masks = PruningMasks(weights)
-        self.saliency = Saliency(weights, self.importance, self.saliency_beta)
+        self.saliency = Saliency(weights, self.importance, self.saliency_beta, self.saliency_every)
 
     def select(self, count: int) -> dict[str, Tensor]:
         return self.masks.select(self.saliency.scores(), count, self.min_layer_density, self.normalize_per_layer)
@@ -273,7 +273,7 @@ class StructuredPruner(Pruner):
         owned = channel_parameters(self.module)
         self.masks = PruningMasks(owned)
         scored = {n: p for n, p in owned.items() if n.rsplit(".", 1)[-1].startswith("weight") and p.dim() > 1}
-        self.saliency = Saliency(scored, self.importance, self.saliency_beta)
+        self.saliency = Saliency(scored, self.importance, self.saliency_beta, self.saliency_every)
 
     def groups(self) -> tuple[list[structured.ChannelGroup], Any]:
         """The channel groups, traced once per model shape (again only after a shrink or a resize)."""
@@ -331,7 +331,6 @@ class StructuredPruner(Pruner):
         self._build_state()
         for name, pruned in old_masks.pruned.items():
             self.masks.pruned[name] = slice_like(pruned, slices.get(name, []))
-        self.masks.refresh()
         self.saliency.updates, self.saliency.skipped = old_saliency.updates, old_saliency.skipped
         for name, running in old_saliency.running.items():
             self.saliency.running[name] = slice_like(running, slices.get(name, []))

@@ -17,7 +17,9 @@ from helpers import CrashAt, TinyNet, loader, quiet_trainer
 
 
 class ZeroChecker(Callback):
-    """Before every batch: every cut weight is exactly zero, and so is Adam's state for it."""
+    """Before every batch (so before every forward): every cut weight is exactly zero. (The optimizer's state for it
+    is zeroed at the cut but not kept at zero: the weight is re-masked after every step, whatever the optimizer does.)
+    """
 
     def __init__(self, pruning: RealTimePruningCallback) -> None:
         self.pruning = pruning
@@ -25,14 +27,10 @@ class ZeroChecker(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         masks = self.pruning.masks
-        optimizer = trainer.optimizers[0]
         for name, weight in masks.weights.items():
             cut = masks.pruned[name]
             if cut.any():
                 assert (weight[cut] == 0).all(), f"{name}: a cut weight moved"
-                for value in optimizer.state[weight].values():
-                    if value.shape == weight.shape:
-                        assert (value[cut] == 0).all(), f"{name}: optimizer state of a cut weight is not zero"
                 self.checked += 1
 
 
@@ -241,10 +239,14 @@ def test_no_warnings_from_a_plain_run():
 
 def test_saliency_is_only_accumulated_where_it_still_weighs_in_the_decision():
     # beta 0.9: a step 40 steps before the decision keeps e^-4 of its weight; the earlier ones are skipped
-    pruning = RealTimePruningCallback(monitor="objective", saliency_beta=0.9)
-    quiet_trainer(max_epochs=1, callbacks=[pruning]).fit(TinyNet(), loader(samples=64 * 16))  # 64 steps
-    assert pruning.saliency.updates == 40
-    assert pruning.history[0]["grad_norm"] is not None
+    every_step = RealTimePruningCallback(monitor="objective", saliency_beta=0.9, saliency_every=1)
+    quiet_trainer(max_epochs=1, callbacks=[every_step]).fit(TinyNet(), loader(samples=64 * 16))  # 64 steps
+    assert every_step.saliency.updates == 40
+    # by default every 8th of them: steps 24, 32, ..., 56
+    sampled = RealTimePruningCallback(monitor="objective", saliency_beta=0.9)
+    quiet_trainer(max_epochs=1, callbacks=[sampled]).fit(TinyNet(), loader(samples=64 * 16))
+    assert sampled.saliency.updates == 5
+    assert sampled.history[0]["grad_norm"] is not None
 
 
 def test_a_target_out_of_reach_is_said_at_fit_start():

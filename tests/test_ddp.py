@@ -17,7 +17,7 @@ class SaveRankState(Callback):
         self.folder = folder
 
     def on_train_end(self, trainer, pl_module):
-        state = {"masks": self.pruning.masks.pruned, "history": self.pruning.history,
+        state = {"masks": dict(self.pruning.masks.pruned.items()), "history": self.pruning.history,
                  "weights": {k: v.detach() for k, v in self.pruning.masks.weights.items()}}  # fmt: skip
         torch.save(state, f"{self.folder}/rank{trainer.global_rank}.pt")
 
