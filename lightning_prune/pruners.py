@@ -30,6 +30,25 @@ if TYPE_CHECKING:
     import lightning as L
 
 SHRINK_WHEN = ("during", "end")
+# strategies that shard parameters across devices: no rank holds a whole weight to rank, mask and re-mask
+SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def refuse_sharded_parameters(strategy: object) -> None:
+    """Masks and saliency are kept per whole weight tensor, identical on every rank (DDP): a strategy that shards the
+    parameters is refused before anything runs, with what works instead.
+
+    Raises:
+        ValueError: ``strategy`` is FSDP, DeepSpeed or ModelParallel (or a subclass).
+    """
+    sharding = [c.__name__ for c in type(strategy).__mro__ if c.__name__ in SHARDING_STRATEGIES]
+    if sharding:
+        raise ValueError(
+            f"RealTimePruningCallback does not support {sharding[0]}: it shards the parameters, and pruning ranks, "
+            "masks and re-masks whole weight tensors on every rank. It works on one device and with DDP "
+            "(strategy='ddp', 'ddp_spawn', 'ddp_notebook', several GPUs or nodes); under DDP every rank holds "
+            "the same masks. For a model that only fits sharded, prune it with DDP at a smaller scale first."
+        )
 
 
 class Pruner:
@@ -79,6 +98,7 @@ class Pruner:
     # -- binding to a model -------------------------------------------------------------------------------------
 
     def setup(self, trainer: "L.Trainer", module: nn.Module) -> None:
+        refuse_sharded_parameters(trainer.strategy)
         weights = prunable_weights(module, self.parameters, self.exclude)
         self.prunable = list(weights)
         self.initial_weights = sum(w.numel() for w in weights.values())

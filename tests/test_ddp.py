@@ -38,3 +38,20 @@ def test_both_ranks_hold_identical_masks(tmp_path):
         assert mask.any()
         assert torch.equal(mask, rank1["masks"][name]), name
         assert (rank1["weights"][name][mask] == 0).all()
+
+
+@pytest.mark.parametrize("strategy", ["FSDPStrategy", "DeepSpeedStrategy"])
+def test_strategies_that_shard_parameters_are_refused_at_setup_saying_what_works(strategy):
+    from types import SimpleNamespace
+
+    from lightning.pytorch import strategies
+
+    # neither runs on a CPU-only machine (FSDP needs CUDA, DeepSpeed is not installed): a Trainer stand-in carrying
+    # an instance of the real strategy class is what setup() reads
+    strategy_class = getattr(strategies, strategy)
+    sharded = strategy_class.__new__(strategy_class)  # not initialised: its __init__ wants CUDA / DeepSpeed
+    trainer = SimpleNamespace(strategy=sharded, world_size=2)
+    pruning = RealTimePruningCallback()
+    with pytest.raises(ValueError, match=rf"does not support {strategy}.*strategy='ddp'"):
+        pruning.setup(trainer, TinyNet(), "fit")
+    assert pruning.masks is None  # nothing was set up
