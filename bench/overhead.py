@@ -7,8 +7,9 @@ shape (data loading is not what is measured). Epoch 0 prunes to the target; epoc
 consecutive batch starts, so it holds the forward, backward, optimizer step and every callback hook. The figure is
 the ratio to "no callback" in the same round, then the median over rounds.
 
-    python bench/overhead.py --model mnist --rounds 5 --steps 60
+    python bench/overhead.py --model mlp13m --rounds 3 --steps 60
     python bench/overhead.py --model resnet18 --rounds 3 --steps 15
+    python bench/overhead.py --model lstm --rounds 3 --steps 30
     python bench/overhead.py --model mnist --rounds 2 --steps 860 --variants "ours, pruning window" ModelPruning
 """
 
@@ -19,15 +20,38 @@ import time
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune import ClassificationModule, RealTimePruningCallback
 from lightning_prune.compare.baselines import baseline_callback
-from lightning_prune.models import MNISTCNN, CIFARResNet18
+from lightning_prune.models import MNISTCNN, CIFARResNet18, LSTMClassifier
 
 from common import record, table
 
-MODELS = {"mnist": (MNISTCNN, (1, 28, 28)), "resnet18": (CIFARResNet18, (3, 32, 32))}
+
+def mlp13m() -> nn.Module:
+    """13.2M prunable weights (784x4096, 4096x2048, 2048x768) and a small classifier."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(784, 4096), nn.ReLU(), nn.Linear(4096, 2048), nn.ReLU(),
+                         nn.Linear(2048, 768), nn.ReLU(), nn.Linear(768, 10))  # fmt: skip
+
+
+def images(shape: tuple[int, ...]):
+    return lambda count: (torch.randn(count, *shape),)
+
+
+def reviews(count: int) -> tuple[torch.Tensor, ...]:
+    """IMDB-shaped batches: 256 tokens of a 20,000-word vocabulary, full length."""
+    return torch.randint(1, 20000, (count, 256)), torch.full((count,), 256)
+
+
+# name -> (backbone, inputs for `count` samples)
+MODELS = {
+    "mnist": (MNISTCNN, images((1, 28, 28))),
+    "mlp13m": (mlp13m, images((1, 28, 28))),
+    "resnet18": (CIFARResNet18, images((3, 32, 32))),
+    "lstm": (lambda: LSTMClassifier(hidden_size=256), reviews),
+}
 
 
 class StepTimer(Callback):
@@ -51,7 +75,8 @@ class StepTimer(Callback):
 
 
 VARIANTS = ["none", "ours, pruning window", "ours, after target", "ours structured, masked", "ModelPruning"]
-HOOKS = ("on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end", "on_train_epoch_end")
+HOOKS = ("on_train_epoch_start", "on_train_batch_start", "on_before_optimizer_step", "on_train_batch_end",
+         "on_train_epoch_end")  # fmt: skip
 
 
 def time_hooks(callback: Callback, timer: StepTimer) -> list[float]:
@@ -97,9 +122,10 @@ def run_variant(
     variant: str, model_name: str, steps: int, batch_size: int, target: float, seed: int
 ) -> tuple[float, float | None]:
     L.seed_everything(seed, verbose=False)
-    backbone_class, shape = MODELS[model_name]
+    backbone_class, inputs = MODELS[model_name]
     module = ClassificationModule(backbone_class())
-    data = TensorDataset(torch.randn(steps * batch_size, *shape), torch.randint(0, 10, (steps * batch_size,)))
+    classes = module.num_classes
+    data = TensorDataset(*inputs(steps * batch_size), torch.randint(0, classes, (steps * batch_size,)))
     timer = StepTimer(timed_epoch=1)
     pruning = pruning_callback(variant, module, target)
     callbacks = [timer] + ([pruning] if pruning is not None else [])

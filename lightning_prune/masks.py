@@ -127,8 +127,8 @@ class PruningMasks:
             if normalize_per_layer:
                 scale = score.mean()
                 score = score / scale if scale > 0 else torch.zeros_like(score)
-            if removable < remaining.numel():
-                # protect the layer's most salient survivors: they cannot be chosen
+            if removable < min(count, remaining.numel()):
+                # a cut this large could take the layer below its floor: protect its most salient survivors
                 protected = torch.topk(score, remaining.numel() - removable).indices
                 score[protected] = math.inf
             names.append(name)

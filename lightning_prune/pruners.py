@@ -176,11 +176,11 @@ class Pruner:
     def before_decision(self, trainer: "L.Trainer") -> None:
         """Whatever must happen at every decision before the cut (structured: remove what survived probation)."""
 
-    def cut_count(self, ratio: float) -> int:
-        """Whole weights for a cut of ``ratio`` of the remaining ones; the cut that reaches the target reaches it
-        (ceil), by less than one weight over."""
+    def cut_count(self, ratio: float, remaining: int | None = None) -> int:
+        """Whole weights for a cut of ``ratio`` of the ``remaining`` ones (counted when not given); the cut that
+        reaches the target reaches it (ceil), by less than one weight over."""
         total = self.initial_weights
-        remaining = round((1 - self.sparsity) * total)
+        remaining = count_nonzero(self.prunable_now()) if remaining is None else remaining
         count = round(ratio * remaining)
         if self.target_sparsity is not None:
             needed = math.ceil(self.target_sparsity * total - 1e-9) - (total - remaining)
@@ -189,12 +189,14 @@ class Pruner:
 
     def prune(self, trainer: "L.Trainer", ratio: float) -> int:
         """Cut ``ratio`` of the remaining prunable weights; return how many prunable weights went."""
-        selection = self.select(self.cut_count(ratio))
+        prunable = self.prunable_now()
+        selection = self.select(self.cut_count(ratio, count_nonzero(prunable)))
         # under DDP every rank must hold rank 0's masks, bit for bit
         selection = trainer.strategy.broadcast(selection, src=0)
-        before = count_nonzero(self.prunable_now())
+        # what goes: the prunable weights among the cut entries that were not zero already
+        going = sum(int(prunable[n].view(-1)[i].count_nonzero()) for n, i in selection.items() if n in prunable)
         self.masks.cut(selection, trainer.optimizers)
-        return before - count_nonzero(self.prunable_now())
+        return going
 
     def select(self, count: int) -> dict[str, Tensor]:
         raise NotImplementedError
