@@ -98,19 +98,16 @@ def _state_dict_of(checkpoint: Any) -> dict[str, Tensor]:
 
 
 def _prefix_for(module: nn.Module, state_dict: Mapping[str, Tensor]) -> str:
-    """The key prefix under which ``module``'s parameters are saved: "" for the module the checkpoint was made of,
+    """The key prefix under which exactly ``module``'s state is saved: "" for the module the checkpoint was made of,
     e.g. ``"backbone."`` when a LightningModule's backbone is given."""
-    own = [name for name, _ in module.named_parameters()]
-    if not own or all(name in state_dict for name in own):
-        return ""
-    for key in state_dict:
-        if key.endswith(own[0]):
-            prefix = key[: len(key) - len(own[0])]
-            if all(prefix + name in state_dict for name in own):
-                return prefix
+    own = set(module.state_dict())
+    first = next(iter(own), "")
+    for prefix in dict.fromkeys(key[: len(key) - len(first)] for key in state_dict if key.endswith(first)):
+        if {key[len(prefix) :] for key in state_dict if key.startswith(prefix)} == own:
+            return prefix
     raise ValueError(
-        f"the checkpoint's weights do not fit {type(module).__name__}: none of its keys ({list(state_dict)[:5]} ...) "
-        f"holds the module's parameters ({own[:5]} ...)"
+        f"the checkpoint's weights do not fit {type(module).__name__}: no part of its keys ({list(state_dict)[:5]} "
+        f"...) holds exactly the module's state ({sorted(own)[:5]} ...)"
     )
 
 

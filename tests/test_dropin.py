@@ -309,3 +309,30 @@ def test_step_intervals_log_one_record_per_decision(tmp_path):
         rows = [row for row in csv.DictReader(handle) if row.get("pruning/action")]
     assert [int(row["step"]) for row in rows] == [h["step"] for h in pruning.history] == [5, 10, 15, 20, 25, 30]
     assert "pruning/sparsity" in trainer.callback_metrics
+
+
+# -- 4. a shrunk checkpoint loads into the user's own class -----------------------------------------------------------
+
+
+def test_load_pruned_takes_a_shrunk_checkpoint_into_a_fresh_module_of_the_users_class(tmp_path):
+    from lightning_prune import load_pruned
+
+    L.seed_everything(0)
+    pruning = RealTimePruningCallback(mode="structured", target_sparsity=0.5, initial_ratio=0.3)
+    trained = TinyNet()
+    trainer = quiet_trainer(max_epochs=3, callbacks=[pruning, ModelCheckpoint(dirpath=tmp_path, save_last=True)],
+                            enable_checkpointing=True)  # fmt: skip
+    trainer.fit(trained, loader())
+    assert trained.net[0].out_features < 32  # shrunk while training
+    with pytest.raises(RuntimeError, match="size mismatch"):  # what Lightning alone does with it
+        TinyNet.load_from_checkpoint(tmp_path / "last.ckpt")
+    x = torch.randn(5, 16)
+    reloaded = load_pruned(TinyNet(), tmp_path / "last.ckpt")
+    assert torch.equal(reloaded(x), trained(x))
+    # the network alone, found under its prefix (`net.`) in the checkpoint
+    net = load_pruned(TinyNet().net, tmp_path / "last.ckpt")
+    assert torch.equal(net(x), trained.net(x))
+    with pytest.raises(ValueError, match="do not fit"):
+        load_pruned(nn.Sequential(nn.Linear(3, 3)), tmp_path / "last.ckpt")
+    with pytest.raises(FileNotFoundError, match="ckpt_path"):
+        load_pruned(TinyNet(), tmp_path / "missing.ckpt")
