@@ -1,10 +1,12 @@
 """``lightning-prune compare`` end to end on tiny MNIST: crashes and resume, extra arms, every output, W&B, notebook."""
 
 import json
+import re
 import signal
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 import wandb
@@ -12,15 +14,17 @@ from lightning.pytorch.callbacks import Callback
 from nbclient import NotebookClient
 
 from lightning_prune.cli import main
-from lightning_prune.compare import runner
+from lightning_prune.compare import provenance, runner
 from lightning_prune.compare.stats import METRICS
+from lightning_prune.compare.testset import load_test_correct
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 NOTEBOOK = ROOT / "notebooks" / "results.ipynb"
 TINY = ["--data.val_size", "16", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "2",
         "--trainer.limit_val_batches", "1"]  # fmt: skip
-PNGS = ("accuracy_vs_sparsity.png", "sparsity_ratio_per_epoch.png", "loss_curves.png", "flops_latency.png")
+PNGS = ("accuracy_vs_sparsity.png", "sparsity_ratio_per_epoch.png", "loss_curves.png", "flops_latency.png",
+        "pareto.png")  # fmt: skip
 
 
 def compare_args(data_dir: Path, output: Path, *extra: str) -> list[str]:
@@ -76,6 +80,10 @@ def test_crashed_and_interrupted_runs_are_recorded_and_the_rerun_resumes(tiny_mn
     assert results.set_index("arm")["status"].to_dict() == {"unpruned": "finished", "pruned": "crashed"}
     assert "Runs that did not finish" in (output / "report.md").read_text()
 
+    # progress lines give accuracy and sparsity as percentages with two decimals
+    assert re.search(r"unpruned, seed 0: finished in \d+s, test accuracy \d+\.\d\d%, sparsity 0\.00%",
+                     capsys.readouterr().err)  # fmt: skip
+
     calls.clear()
     main(compare_args(tiny_mnist, output, "--seeds", "1", "--no-wandb"))
     assert calls == ["pruned-seed0"]  # the finished run is skipped
@@ -103,6 +111,23 @@ def test_crashed_and_interrupted_runs_are_recorded_and_the_rerun_resumes(tiny_mn
     assert refused.value.code == 2
     assert "--output" in capsys.readouterr().err
 
+    # runs made by other code are stale: kept only with --reuse-stale, and the report lists them
+    other_code = {"commit": "0" * 40, "dirty": False, "diff_hash": ""}
+    monkeypatch.setattr(provenance, "code_state", lambda output=None: other_code)
+    calls.clear()
+    main(compare_args(tiny_mnist, output, "--seeds", "2", "--no-wandb", "--reuse-stale"))
+    assert calls == [] and "reused (--reuse-stale)" in capsys.readouterr().err
+    report = (output / "report.md").read_text()
+    assert "### Reused runs" in report and f"- pruned, seed 1: commit {statuses['unpruned-seed0']['commit']}, now " in (
+        report
+    )
+    assert pd.read_csv(output / "results.csv")["reused_stale"].str.startswith("commit ").all()
+    failures.update(dict.fromkeys(["unpruned-seed0", "pruned-seed0", "unpruned-seed1", "pruned-seed1"], "crash"))
+    with pytest.raises(SystemExit):
+        main(compare_args(tiny_mnist, output, "--seeds", "2", "--no-wandb"))
+    assert calls == ["unpruned-seed0", "pruned-seed0", "unpruned-seed1", "pruned-seed1"]  # every one runs again
+    assert "finished earlier by other code or config (commit " in capsys.readouterr().err
+
 
 @pytest.fixture(scope="module")
 def comparison(tiny_mnist, tmp_path_factory) -> Path:
@@ -116,11 +141,18 @@ def comparison(tiny_mnist, tmp_path_factory) -> Path:
     return output
 
 
-def test_extra_arms_are_the_pruned_arm_plus_their_options(tiny_mnist, tmp_path, capsys):
+def test_extra_arms_are_the_pruned_arm_plus_their_options(tiny_mnist, tmp_path, capsys, comparison):
     output = tmp_path / "arms"
     arm = "t30=--pruning.target_sparsity 0.3 --pruning.normalize_per_layer=false"
-    main(compare_args(tiny_mnist, output, "--seeds", "1", "--no-wandb", "--arm", arm))
+    main(compare_args(tiny_mnist, output, "--seeds", "1", "--no-wandb", "--arm", arm, "--margin", "0.5"))
     results = pd.read_csv(output / "results.csv").set_index("arm")
+    assert "The margin is **0.5 points** (--margin)" in (output / "report.md").read_text()
+    # the same config and seed in another folder (and with another logger) hashes the same
+    elsewhere = pd.read_csv(comparison / "results.csv").set_index(["arm", "seed"])
+    for name in ("unpruned", "pruned"):
+        assert results.loc[name, "config_hash"] == elsewhere.loc[(name, 0), "config_hash"]
+    assert results.loc["t30", "config_hash"] != results.loc["pruned", "config_hash"]
+    assert results["task_hash"].nunique() == 1  # t30 changes pruning only
     assert list(results.index) == ["unpruned", "pruned", "t30"]
     # one interval in the window: the pruned arm goes as far as max_ratio 0.5 allows, t30 stops at its own target
     assert results.loc["pruned", "sparsity"] == pytest.approx(0.5, abs=1e-3)
@@ -158,26 +190,54 @@ def test_comparison_writes_results_curves_summary_report_and_plots(comparison):
     assert first["pruned"].tolist() == pytest.approx(first["unpruned"].tolist())
     assert first["gmp"].tolist() == pytest.approx(first["unpruned"].tolist())
 
+    # provenance of every run: commit, dirty tree, config hashes, versions
+    state, versions = provenance.code_state(), provenance.versions()
+    assert (results["commit"] == state["commit"]).all() and results["dirty"].map(type).eq(bool).all()
+    assert results["config_hash"].str.fullmatch(r"[0-9a-f]{16}").all() and results["config_hash"].nunique() == 6
+    assert results["task_hash"].nunique() == 1
+    for column, version in versions.items():
+        assert (results[column].astype(str) == version).all(), column
+    # which test examples each run gets right, in a file of its own; their mean is the logged test accuracy
+    for row in results.itertuples():
+        correct, _ = load_test_correct(Path(row.run_dir) / "test_correct.npz")
+        assert row.test_examples == len(correct) == 32
+        assert np.mean(correct) == pytest.approx(row.test_acc, abs=1e-6)
+
     summary = json.loads((comparison / "summary.json").read_text())
     assert summary["arms"] == ["unpruned", "pruned", "gmp"]
     assert summary["primary_test"]["name"] == "paired t-test"
+    assert (summary["margin"], summary["margin_source"]) == (0.1, "default for MNISTDataModule")
     pairs = [(c["arm"], c["reference"]) for c in summary["comparisons"]]
     assert pairs == [("pruned", "unpruned"), ("gmp", "unpruned"), ("pruned", "gmp")]
     accuracy = summary["per_arm"]["pruned"]["test_acc"]
-    assert accuracy["n"] == 2 and len(accuracy["t_ci"]) == 2 and len(accuracy["bootstrap_ci"]) == 2
-    test = summary["comparisons"][0]["metrics"]["flops_effective"]
-    assert test["n_pairs"] == 2 and all(k in test for k in ("paired_t", "welch_t", "mann_whitney_u", "cohens_d"))
+    assert accuracy["n"] == 2 and len(accuracy["t_ci"]) == 2 and accuracy["bootstrap_ci"] is None  # 2 < 10 seeds
+    test = summary["comparisons"][0]["metrics"]["test_acc"]
+    assert test["n_pairs"] == 2 and test["seeds"] == [0, 1]
+    assert all(k in test for k in ("paired_t", "welch_t", "mann_whitney_u", "cohens_d", "cohens_dz"))
+    tested = [c for c in summary["comparisons"] if c["metrics"]["test_acc"]["paired_t"]["p_value"] is not None]
+    assert {c["primary"]["holm_family"] for c in summary["comparisons"]} == {len(tested)}
+    assert [len(c["test_set"]) for c in summary["comparisons"]] == [2, 2, 2]
+    assert all(seed["n_examples"] == 32 for c in summary["comparisons"] for seed in c["test_set"])
     assert "NaN" not in (comparison / "summary.json").read_text()
     # why a test is missing is a field, not prose to parse: the parameter count is the same in every run
-    assert test["paired_t"]["no_test"] is None
-    assert summary["comparisons"][0]["metrics"]["params_total"]["paired_t"]["no_test"] == "no_variance"
+    assert summary["comparisons"][0]["metrics"]["params_total"]["paired_t"]["no_test"] == "deterministic"
+    assert summary["comparisons"][0]["metrics"]["flops_effective"]["paired_t"]["no_test"] == "deterministic"
 
     report = (comparison / "report.md").read_text()
-    for text in ("95% confidence interval", "paired t p (primary)", "Welch t p", "Mann-Whitney U p", "Cohen's d",
-                 "### pruned vs unpruned", "### gmp vs unpruned", "### pruned vs gmp", "paired t-test",
-                 "### Test accuracy, every pair", "| gmp vs unpruned | 90.00 vs 0.00 |"):  # fmt: skip
+    for text in ("t-based 95% confidence interval", "Holm p (primary)", "TOST ±0.1 p (Holm)",
+                 "non-inferiority 0.1 p (Holm)", "90% CI", "d_z", "Welch t p", "Mann-Whitney U p",
+                 "Cohen's d (pooled)", "**0.1 points** (default for MNISTDataModule)", "seeds: paired (arm, ref)",
+                 "| finished seeds | 2 of 2 | 2 of 2 | 2 of 2 |", "### Test-set uncertainty, per seed",
+                 "McNemar exact p", "### pruned vs unpruned", "### gmp vs unpruned", "### pruned vs gmp",
+                 "paired t-test", "## Test accuracy: primary analysis",
+                 "| gmp vs unpruned | 2 (2, 2) | 90.00 vs 0.00 |",
+                 "## Provenance", f"- code: commit `{state['commit']}`", "values only"):  # fmt: skip
         assert text in report, text
-    assert " ± " in report and "nan" not in report.lower()
+    assert " ± " in report and not re.search(r"\bnan\b", report.lower()) and "(n=2)" in report
+    readings = [line for line in report.splitlines() if line.startswith(("Over ", "- Over "))]
+    assert len(readings) == 6  # every pair's, in the primary section and under its own table
+    for word in ("tie", "flat", "level with"):
+        assert not any(word in line for line in readings), word
     for png in PNGS:
         assert (comparison / png).stat().st_size > 10_000, png
         assert f"]({png})" in report
@@ -202,6 +262,8 @@ def test_results_notebook_runs_on_a_comparison(comparison, monkeypatch, tmp_path
     ).execute()
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert sum("image/png" in o.get("data", {}) for o in outputs) == 4
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == len(PNGS)
     html = "".join(o.get("data", {}).get("text/html", "") for o in outputs)
-    assert "paired t p (primary)" in html and "tiny-mnist" in "".join(o.get("text", "") for o in outputs)
+    for text in ("Holm p (primary)", "TOST", "seeds: paired (arm, ref)", "McNemar exact p", "finished seeds"):
+        assert text in html, text
+    assert "tiny-mnist" in "".join(o.get("text", "") for o in outputs)

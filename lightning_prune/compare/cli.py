@@ -11,6 +11,7 @@ from jsonargparse import Namespace
 
 from lightning_prune.cli import LightningPruneCLI, choose_wandb_mode
 from lightning_prune.compare.baselines import BASELINES, baseline_schedule
+from lightning_prune.compare.provenance import without_per_run_keys
 from lightning_prune.compare.report import write_outputs
 from lightning_prune.compare.results import write_json
 from lightning_prune.compare.runner import (
@@ -24,6 +25,7 @@ from lightning_prune.compare.runner import (
     run_comparison,
     say,
 )
+from lightning_prune.compare.stats import DEFAULT_MARGINS, OTHER_MARGIN
 from lightning_prune.schedule import PruningWindow
 
 SETTINGS_FILE = "comparison.json"
@@ -41,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  lightning-prune compare --config configs/mnist_cnn.yaml --prune-config configs/prune.yaml \\\n"
         "      --seeds 5 --output runs/mnist --baseline gmp --trainer.max_epochs 10\n\n"
         "Each run lives in OUTPUT/runs/<arm>-seed<k>/ with a status.json. Re-running the same command resumes:\n"
-        "finished runs are skipped, crashed or interrupted ones run again.",
+        "finished runs of the same commit, code and config are skipped; crashed, interrupted or stale ones run again\n"
+        "(--reuse-stale keeps stale ones).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # --data.* and friends must not be mistaken for our options
     )
@@ -59,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="extra pruned arm: the pruned arm's configuration plus OPTIONS, e.g. "
                         "--arm 'structured=--pruning.mode=structured' or --arm 't95=--pruning.target_sparsity=0.95'; "
                         "repeatable")  # fmt: skip
+    parser.add_argument("--margin", type=float, default=None, metavar="M",
+                        help="equivalence / non-inferiority margin of test accuracy, in percentage points: the report "
+                        "tests equivalence within +-M (TOST) and non-inferiority by M (default: 0.1 for MNIST, 0.5 "
+                        f"for CIFAR-10 and IMDB, {OTHER_MARGIN} for other data)")  # fmt: skip
+    parser.add_argument("--reuse-stale", action="store_true",
+                        help="on resume, keep finished runs made by another commit, code or config instead of running "
+                        "them again; the report lists them")  # fmt: skip
     parser.add_argument("--no-wandb", action="store_true", help="log each run with a CSVLogger instead of W&B")
     parser.add_argument("--profile-threads", type=int, default=1, metavar="N",
                         help="CPU threads while timing the final model's latency (default: 1)")  # fmt: skip
@@ -136,6 +146,8 @@ def plan_comparison(parser: argparse.ArgumentParser, options: argparse.Namespace
         parser.error(f"argument --seeds: must be at least 1, got {options.seeds}")
     if options.profile_threads < 1:
         parser.error(f"argument --profile-threads: must be at least 1, got {options.profile_threads}")
+    if options.margin is not None and not 0 < options.margin < 100:
+        parser.error(f"argument --margin: must be between 0 and 100 points, got {options.margin}")
     for flag, paths in (("--config", options.config), ("--prune-config", [options.prune_config])):
         for path in paths:
             if not Path(path).is_file():
@@ -155,17 +167,21 @@ def plan_comparison(parser: argparse.ArgumentParser, options: argparse.Namespace
         parser.error(f"argument --prune-config: {options.prune_config} configures no `pruning:` callback")
     pruning_args = pruning.get("init_args") or Namespace()
 
-    arms = [Arm(UNPRUNED, plain), Arm(PRUNED, pruned)]
+    plain_resolved = without_per_run_keys(plain_config.as_dict())
+    arms = [Arm(UNPRUNED, plain, config=plain_resolved),
+            Arm(PRUNED, pruned, config=without_per_run_keys(pruned_config.as_dict()))]  # fmt: skip
     names = [name for name, _ in options.arm]
     if len(set(names)) < len(names):
         parser.error(f"argument --arm: each arm needs its own name, got {', '.join(names)}")
     for name, options_of_arm in options.arm:
         arm_args = (*pruned, *options_of_arm)
-        if parse_arm(arm_args).get("pruning") is None:
+        arm_config = parse_arm(arm_args)
+        if arm_config.get("pruning") is None:
             parser.error(f"argument --arm: {name} configures no `pruning:` callback")
-        arms.append(Arm(name, arm_args))
+        arms.append(Arm(name, arm_args, config=without_per_run_keys(arm_config.as_dict())))
     for baseline in dict.fromkeys(options.baseline):
-        arms.append(Arm(baseline, plain, _baseline_amounts(parser, baseline, pruning_args, pruned_config)))
+        amounts = _baseline_amounts(parser, baseline, pruning_args, pruned_config)
+        arms.append(Arm(baseline, plain, amounts, config=plain_resolved))
     output = Path(options.output or f"runs/compare-{Path(options.config[0]).stem}").resolve()
     project = _wandb_project(plain_config)
     settings = {
@@ -177,6 +193,9 @@ def plan_comparison(parser: argparse.ArgumentParser, options: argparse.Namespace
     }
     if options.arm:
         settings["arms"] = {name: list(args) for name, args in options.arm}
+    margin, margin_source = default_margin(plain_config)
+    if options.margin is not None:
+        margin, margin_source = options.margin, "--margin"
     return Comparison(
         output=output,
         seeds=list(range(options.seeds)),
@@ -187,7 +206,20 @@ def plan_comparison(parser: argparse.ArgumentParser, options: argparse.Namespace
         parameters=pruning_args.get("parameters"),
         exclude=pruning_args.get("exclude"),
         settings=settings,
+        margin=margin,
+        margin_source=margin_source,
+        reuse_stale=bool(options.reuse_stale),
     )
+
+
+def default_margin(config: Namespace) -> tuple[float, str]:
+    """The margin in points for the config's data (``DEFAULT_MARGINS`` by DataModule class name, ``OTHER_MARGIN`` for
+    other data) and where it came from, in words."""
+    class_path = str(config.get("data.class_path") or "")
+    name = class_path.rpartition(".")[2]
+    if name in DEFAULT_MARGINS:
+        return DEFAULT_MARGINS[name], f"default for {name}"
+    return OTHER_MARGIN, f"default for data other than MNIST, CIFAR-10 and IMDB ({name or 'no data class'})"
 
 
 def _baseline_amounts(
@@ -245,7 +277,9 @@ def compare_main(argv: list[str]) -> None:
         write_outputs(comparison, [r for r in records if r is not None], log_wandb=False)
         say("interrupted: re-run the same command to resume (finished runs are skipped)")
         raise SystemExit(130) from None
-    write_outputs(comparison, records)
+    summary = write_outputs(comparison, records)
+    for warning in summary.warnings:
+        say(f"warning: {warning}")
     say(f"report: {comparison.output / 'report.md'}")
     crashed = [f"{r['arm']}-seed{r['seed']}" for r in records if r["status"] != "finished"]
     if crashed:

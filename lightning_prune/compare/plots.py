@@ -102,7 +102,7 @@ def plot_flops_latency(summary: Summary) -> Figure:
         for offset, name in enumerate(names):
             metric = METRIC_BY_NAME[name]
             described = [summary.per_arm[arm][name] for arm in arms]
-            means = np.array([d.mean * metric.scale for d in described])
+            means = np.array([np.nan if d.mean is None else d.mean * metric.scale for d in described])
             errors = np.array([d.t_half_width * metric.scale if d.t_ci else 0.0 for d in described])
             axes.bar(x + (offset - (len(names) - 1) / 2) * width, means, width, yerr=errors, capsize=4,
                      label=metric.label, hatch="//" if name == "flops_dense" else None, alpha=0.85)  # fmt: skip
@@ -113,11 +113,58 @@ def plot_flops_latency(summary: Summary) -> Figure:
     return figure
 
 
+def _pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates (no more cost and no less accuracy, one strictly better), by
+    cost.
+
+    Example:
+        >>> _pareto_front([(1.0, 0.9), (2.0, 0.95), (3.0, 0.94), (0.5, 0.5)])
+        [3, 0, 1]
+    """
+    front = [
+        i for i, (cost, acc) in enumerate(points)
+        if not any(c <= cost and a >= acc and (c < cost or a > acc) for c, a in points)
+    ]  # fmt: skip
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def plot_pareto(summary: Summary) -> Figure:
+    """Test accuracy against effective FLOPs and against non-zero parameters, one point per arm (mean over its seeds)
+    with its 95% t-CI as whiskers on both axes (none with one seed or a value that is the same in every run), and the
+    Pareto front of the arms' means."""
+    figure = _figure(11, 4.5)
+    panels = figure.subplots(1, 2)
+    accuracy = METRIC_BY_NAME["test_acc"]
+    for axes, name in zip(panels, ("flops_effective", "params_nonzero"), strict=True):
+        metric = METRIC_BY_NAME[name]
+        points, arms = [], []
+        for index, arm in enumerate(summary.arms):
+            x, y = summary.stats(arm, name), summary.stats(arm, "test_acc")
+            if x is None or y is None or x.mean is None or y.mean is None:
+                continue
+            xerr = (x.t_half_width or 0.0) * metric.scale
+            yerr = (y.t_half_width or 0.0) * accuracy.scale
+            axes.errorbar(x.mean * metric.scale, y.mean * accuracy.scale, xerr=xerr, yerr=yerr, capsize=4,
+                          marker=MARKERS[index % len(MARKERS)], color=f"C{index}", linestyle="none",
+                          label=f"{arm} (n={y.n})")  # fmt: skip
+            points.append((x.mean * metric.scale, y.mean * accuracy.scale))
+            arms.append(arm)
+        front = _pareto_front(points)
+        if len(front) > 1:
+            axes.plot([points[i][0] for i in front], [points[i][1] for i in front], color="grey", linestyle=":",
+                      linewidth=1, label="Pareto front of the means")  # fmt: skip
+        axes.set(title=f"Test accuracy vs {metric.label}", xlabel=metric.title, ylabel="test accuracy (%), 95% t-CI")
+        axes.grid(alpha=0.3)
+        _legend(axes)
+    return figure
+
+
 PLOTS = {
     "accuracy_vs_sparsity.png": lambda results, curves, summary: plot_accuracy_vs_sparsity(results),
     "sparsity_ratio_per_epoch.png": lambda results, curves, summary: plot_sparsity_and_ratio(curves),
     "loss_curves.png": lambda results, curves, summary: plot_losses(curves),
     "flops_latency.png": lambda results, curves, summary: plot_flops_latency(summary),
+    "pareto.png": lambda results, curves, summary: plot_pareto(summary),
 }
 
 

@@ -1,12 +1,15 @@
-"""``CurveRecorder``: the per-epoch curves of a run (``curves.csv``) and its final sparsity, the same for every arm."""
+"""``CurveRecorder``: the per-epoch curves of a run (``curves.csv``) and its final sparsity, the same for every arm;
+``TestCorrectRecorder``: which test examples the final model classifies correctly."""
 
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
 from lightning_prune.callback import RealTimePruningCallback
+from lightning_prune.inputs import split_batch
 from lightning_prune.layers import prunable_weights, sparsity
 
 CURVE_COLUMNS = ("train_loss", "val_loss", "val_acc", "sparsity", "ratio")
@@ -93,3 +96,50 @@ def _number(value: Any) -> float | None:
     if value is None:
         return None
     return float(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+class TestCorrectRecorder(Callback):
+    """Records, for every test example in the order the test loader gives them, whether the model classifies it
+    correctly: ``pl_module(*inputs).argmax(-1) == target`` over the ``(*inputs, target)`` batches of ``trainer.test``.
+
+    ``correct`` and ``targets`` hold the last test's arrays; both stay None when a batch has another form (then the
+    run has no per-example record and its pairs no test-set statistics).
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self) -> None:
+        self.correct: np.ndarray | None = None
+        self.targets: np.ndarray | None = None
+        self._correct: list[torch.Tensor] = []
+        self._targets: list[torch.Tensor] = []
+        self._usable = True
+
+    def on_test_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._correct, self._targets, self._usable = [], [], True
+
+    def on_test_batch_end(
+        self,
+        trainer: "L.Trainer",
+        pl_module: "L.LightningModule",
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        split = split_batch(batch)
+        if split is None or not self._usable:
+            self._usable = False
+            return
+        inputs, target = split
+        with torch.no_grad():
+            predicted = pl_module(*inputs).argmax(-1)
+        self._correct.append((predicted == target).cpu())
+        self._targets.append(target.cpu())
+
+    def on_test_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if self._usable and self._correct:
+            self.correct = torch.cat(self._correct).numpy().astype(bool)
+            self.targets = torch.cat(self._targets).numpy()
+        else:
+            self.correct = self.targets = None

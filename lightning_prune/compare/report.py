@@ -1,5 +1,6 @@
-"""The comparison's outputs: ``results.csv``, ``curves.csv``, ``summary.json``, the tables and readings of
-``report.md`` (also what the notebook shows), and ``load_results`` to read them back."""
+"""The comparison's outputs: ``results.csv``, ``curves.csv``, ``summary.json``, ``report.md`` and the plots, and
+``load_results`` to read them back. The statistics are made in ``summary``, the tables and readings in ``tables``;
+their names are importable from here too (the notebook's entry point)."""
 
 import json
 from collections.abc import Sequence
@@ -10,254 +11,146 @@ from typing import Any
 import pandas as pd
 
 from lightning_prune.compare.plots import write_plots
-from lightning_prune.compare.recorder import CURVE_COLUMNS
-from lightning_prune.compare.results import ArmPair, ArmStats, NoTest, Summary, TestResult, now, write_json
-from lightning_prune.compare.runner import PRUNED, UNPRUNED, Comparison
+from lightning_prune.compare.results import Summary, write_json
+from lightning_prune.compare.runner import Comparison
 from lightning_prune.compare.stats import (
     ALPHA,
-    BOOTSTRAP_RESAMPLES,
-    BOOTSTRAP_SEED,
-    CONFIDENCE,
-    METRIC_BY_NAME,
     METRICS,
     PRIMARY_TEST,
     PRIMARY_TEST_REASON,
-    Metric,
-    compare_arms,
-    describe,
 )
+from lightning_prune.compare.summary import comparison_pairs, results_frames, summarize
+from lightning_prune.compare.tables import (
+    BOOTSTRAP_NOTE,
+    accuracy_table,
+    arm_reading,
+    arm_table,
+    examples_table,
+    markdown_table,
+    secondary_table,
+    significance_reading,
+    significance_table,
+)
+from lightning_prune.compare.testset import EXAMPLE_BOOTSTRAP_RESAMPLES
 from lightning_prune.compare.wandb_summary import log_summary_run
+
+__all__ = [
+    "OUTPUT_FILES", "accuracy_table", "arm_reading", "arm_table", "comparison_pairs", "examples_table",
+    "load_results", "markdown_table", "render_report", "results_frames", "secondary_table", "significance_reading",
+    "significance_table", "summarize", "write_outputs",
+]  # fmt: skip
 
 OUTPUT_FILES = ("results.csv", "curves.csv", "summary.json")
 
 
-def results_frames(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``results.csv`` (a row per run) and ``curves.csv`` (a row per run and epoch) from the runs' records."""
-    columns = ["arm", "seed", "status", *(m.name for m in METRICS), "epochs", "attempts", "run_dir", "wandb_run"]
-    rows = [{column: record.get(column) for column in columns} for record in records]
-    results = pd.DataFrame(rows, columns=columns)
-    curve_rows = [
-        {"arm": record["arm"], "seed": record["seed"], **row}
-        for record in records
-        if record.get("status") == "finished"
-        for row in record.get("curves", [])
-    ]
-    curves = pd.DataFrame(curve_rows, columns=["arm", "seed", "epoch", *CURVE_COLUMNS])
-    return results, curves
+def _runs_line(summary: Summary, results: pd.DataFrame) -> str:
+    counts = results["status"].value_counts().to_dict()
+    finished = ", ".join(f"{arm} {summary.finished.get(arm, 0)}" for arm in summary.arms)
+    runs = ", ".join(f"{n} {status}" for status, n in counts.items())
+    seeds = ", ".join(map(str, summary.seeds))
+    return f"Arms: {', '.join(summary.arms)}. Seeds: {seeds}. Runs: {runs}. Finished seeds per arm: {finished}."
 
 
-def _values_by_seed(results: pd.DataFrame, arm: str, metric: str) -> dict[int, float]:
-    rows = results[(results["arm"] == arm) & (results["status"] == "finished")]
-    return {int(seed): float(value) for seed, value in zip(rows["seed"], rows[metric], strict=True) if pd.notna(value)}
+def _provenance_lines(summary: Summary) -> list[str]:
+    lines = ["## Provenance", ""]
+    if not summary.provenance.get("code"):
+        lines.append("- code: not recorded (runs made before `compare` recorded their commit)")
+    for code in summary.provenance.get("code", []):
+        states = {"True": f"uncommitted changes `{code.get('diff_hash')}`", "False": "clean"}
+        state = states.get(str(code.get("dirty")), "tree state unknown")
+        lines.append(f"- code: commit `{code.get('commit')}` ({state}), {code['runs']} run(s)")
+    for v in summary.provenance.get("versions", []):
+        lines.append(f"- torch {v.get('torch_version')}, lightning {v.get('lightning_version')}, lightning-prune "
+                     f"{v.get('lightning_prune_version')}: {v['runs']} run(s)")  # fmt: skip
+    for arm, hashes in summary.provenance.get("task_hash", {}).items():
+        if hashes != ["None"]:
+            lines.append(f"- {arm}: task config hash {', '.join(f'`{h}`' for h in hashes)}")
+    lines += ["", "Each run's commit, config hash and versions are in `results.csv`. Resuming skips only finished runs "
+              "of the same commit, uncommitted changes, config hash and versions.", ""]  # fmt: skip
+    if summary.reused_runs:
+        lines += ["### Reused runs", "", "Finished runs made by other code or config, kept by `--reuse-stale`:", ""]
+        lines += [f"- {r['arm']}, seed {r['seed']}: {r['reasons']}" for r in summary.reused_runs]
+        lines.append("")
+    return lines
 
 
-def comparison_pairs(arms: Sequence[str]) -> list[tuple[str, str]]:
-    """``(arm, reference)`` pairs: pruned vs unpruned, each baseline vs unpruned, pruned vs each baseline.
-
-    Example:
-        >>> comparison_pairs(["unpruned", "pruned", "gmp"])
-        [('pruned', 'unpruned'), ('gmp', 'unpruned'), ('pruned', 'gmp')]
-    """
-    baselines = [arm for arm in arms if arm not in (UNPRUNED, PRUNED)]
-    return [(PRUNED, UNPRUNED), *((b, UNPRUNED) for b in baselines), *((PRUNED, b) for b in baselines)]
-
-
-def summarize(results: pd.DataFrame, arms: Sequence[str], group: str, command: list[str], seeds: list[int]) -> Summary:
-    """The statistics of ``results.csv``: every arm's description and every pair's tests, of every metric."""
-    per_arm = {
-        arm: {m.name: describe(list(_values_by_seed(results, arm, m.name).values())) for m in METRICS} for arm in arms
-    }
-    pairs = [
-        ArmPair(arm, reference, {
-            m.name: compare_arms(_values_by_seed(results, reference, m.name), _values_by_seed(results, arm, m.name))
-            for m in METRICS
-        })
-        for arm, reference in comparison_pairs(arms)
-    ]  # fmt: skip
-    return Summary(
-        group=group,
-        command=command,
-        created=now(),
-        arms=list(arms),
-        seeds=seeds,
-        runs=results["status"].value_counts().to_dict(),
-        primary_test={"name": PRIMARY_TEST, "reason": PRIMARY_TEST_REASON},
-        alpha=ALPHA,
-        confidence=CONFIDENCE,
-        metrics={m.name: {"label": m.label, "unit": m.unit, "scale": m.scale} for m in METRICS},
-        per_arm=per_arm,
-        comparisons=pairs,
-    )
-
-
-def _interval_text(metric: Metric, described: ArmStats) -> str:
-    if described.mean is None:
-        return "no finished run"
-    mean = metric.show(described.mean)
-    if described.t_half_width is None or described.bootstrap_ci is None:
-        return f"{mean} (n=1, no CI)"
-    low, high = described.bootstrap_ci
-    return f"{mean} ± {metric.show(described.t_half_width)} [{metric.show(low)}, {metric.show(high)}]"
-
-
-def arm_table(summary: Summary) -> pd.DataFrame:
-    """Mean ± t-based 95% CI half-width [bootstrap 95% CI] of every metric (rows) for every arm (columns)."""
-    arms = list(summary.arms)
-    rows = {m.title: [_interval_text(m, summary.per_arm[arm][m.name]) for arm in arms] for m in METRICS}
-    table = pd.DataFrame.from_dict(rows, orient="index", columns=arms)
-    table.index.name = "metric"
-    return table
-
-
-def _p_text(result: TestResult) -> str:
-    """The p-value, or why there is none, short enough for a table cell."""
-    if result.p_value is not None:
-        return f"{result.p_value:.3g}"
-    return "no test (n < 2)" if result.no_test is NoTest.TOO_FEW_SEEDS else "no test (no variance)"
-
-
-def _d_text(result: TestResult) -> str:
-    return f"{result.statistic:.2f}" if result.statistic is not None else "n/a"
-
-
-def significance_table(pair: ArmPair) -> pd.DataFrame:
-    """One pair's tests: means, difference, paired t (primary), Welch t, Mann-Whitney U p-values, Cohen's d."""
-    rows = {}
-    for metric in METRICS:
-        result = pair.metrics[metric.name]
-        rows[metric.title] = {
-            pair.reference: metric.show(result.mean_reference),
-            pair.arm: metric.show(result.mean_other),
-            "difference": metric.show(result.difference),
-            "paired t p (primary)": _p_text(result.paired_t),
-            "Welch t p": _p_text(result.welch_t),
-            "Mann-Whitney U p": _p_text(result.mann_whitney_u),
-            "Cohen's d": _d_text(result.cohens_d),
-        }
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table.index.name = "metric"
-    return table
-
-
-def markdown_table(table: pd.DataFrame) -> str:
-    """A DataFrame as a GitHub markdown table (pandas' own needs the optional ``tabulate``)."""
-    header = [table.index.name or "", *map(str, table.columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for index, row in table.iterrows():
-        lines.append("| " + " | ".join([str(index), *map(str, row.tolist())]) + " |")
-    return "\n".join(lines)
-
-
-def arm_reading(summary: Summary) -> str:
-    """One sentence on the per-arm table: accuracy, sparsity and effective FLOPs of every arm."""
-    acc, sparsity = METRIC_BY_NAME["test_acc"], METRIC_BY_NAME["sparsity"]
-    parts = []
-    for arm in summary.arms:
-        if summary.mean(arm, "test_acc") is None:
-            parts.append(f"{arm} has no finished run")
-            continue
-        text = f"{arm} {acc.show(summary.mean(arm, 'test_acc'))}%"
-        text += f" at {sparsity.show(summary.mean(arm, 'sparsity'))}%"
-        dense = summary.mean(UNPRUNED, "flops_effective")
-        flops = summary.mean(arm, "flops_effective")
-        if arm != UNPRUNED and dense and flops is not None:
-            text += f" sparsity ({flops / dense:.0%} of the unpruned effective FLOPs)"
-        else:
-            text += " sparsity"
-        parts.append(text)
-    return "Mean test accuracy: " + "; ".join(parts) + "."
-
-
-def accuracy_table(summary: Summary) -> pd.DataFrame:
-    """Test accuracy of every pair in one table: the difference, its paired 95% CI and the tests."""
-    acc, sparsity = METRIC_BY_NAME["test_acc"], METRIC_BY_NAME["sparsity"]
-    rows = []
-    for pair in summary.comparisons:
-        result, sparsities = pair.metrics["test_acc"], pair.metrics["sparsity"]
-        interval = result.paired_difference_t_ci
-        rows.append({
-            "arm vs reference": f"{pair.arm} vs {pair.reference}",
-            "sparsity (%)": f"{sparsity.show(sparsities.mean_other)} vs {sparsity.show(sparsities.mean_reference)}",
-            "difference (points)": acc.show(result.difference),
-            "paired 95% CI": "n/a" if interval is None else f"[{acc.show(interval[0])}, {acc.show(interval[1])}]",
-            "paired t p (primary)": _p_text(result.paired_t),
-            "Welch t p": _p_text(result.welch_t),
-            "Mann-Whitney U p": _p_text(result.mann_whitney_u),
-            "Cohen's d": _d_text(result.cohens_d),
-        })  # fmt: skip
-    return pd.DataFrame(rows).set_index("arm vs reference")
-
-
-def significance_reading(pair: ArmPair) -> str:
-    """One sentence on a tests table: the primary (paired) test of test accuracy, and the sparsity reached."""
-    result = pair.metrics["test_acc"]
-    if result.difference is None:
-        return f"{pair.arm} vs {pair.reference}: no finished runs to compare."
-    change = result.difference * 100
-    paired = result.paired_t
-    if paired.p_value is None:
-        verdict = paired.note
-    else:
-        significant = "significant" if paired.p_value < ALPHA else "not significant"
-        verdict = f"paired t-test p = {paired.p_value:.3g}, {significant} at alpha = {ALPHA}"
-    sparsity, shown = pair.metrics["sparsity"], METRIC_BY_NAME["sparsity"].show
-    seeds = f"{result.n_pairs} paired seed{'' if result.n_pairs == 1 else 's'}"
+def _methods(summary: Summary) -> str:
+    margin, family = summary.margin, max((p.primary.holm_family for p in summary.comparisons if p.primary), default=0)
     return (
-        f"Over {seeds}, {pair.arm} changes test accuracy by {change:+.2f} percentage points against {pair.reference} "
-        f"({verdict}), at {shown(sparsity.mean_other)}% sparsity versus {shown(sparsity.mean_reference)}%."
+        f"The primary endpoint is test accuracy, the primary test the **{PRIMARY_TEST}** over seeds: "
+        f"{PRIMARY_TEST_REASON}. Every statistic of a pair uses only the seeds finished in both arms (n paired; the "
+        "arms' own counts in brackets); differences are arm minus reference, in percentage points. The paired t "
+        f"p-values are Holm-adjusted over the {family} pair(s) of this report that have one. The margin is "
+        f"**{margin:g} points** ({summary.margin_source}): TOST tests equivalence within ±{margin:g} and the "
+        f"one-sided test non-inferiority (not worse by more than {margin:g}), each with the 90% t-interval of the "
+        "paired differences that goes with it at alpha = 0.05, each Holm-adjusted over the pairs as a family of its "
+        f"own. The conclusion says *better* or *worse* (Holm-adjusted paired t p < {ALPHA}), *equivalent within "
+        f"±{margin:g}*, *not worse by more than {margin:g}*, or *inconclusive*; a large p-value alone concludes "
+        "nothing. d_z is the paired effect size (mean over standard deviation of the paired differences)."
     )
 
 
 def render_report(summary: Summary, results: pd.DataFrame, plots: Sequence[Path]) -> str:
-    """``report.md``: how the comparison ran, the per-arm table, one tests table per pair, the plots."""
-    counts = results["status"].value_counts().to_dict()
-    lines = [
-        f"# Comparison `{summary.group}`",
-        "",
-        f"Command: `{' '.join(summary.command)}`",
-        "",
-        f"Arms: {', '.join(summary.arms)}. Seeds: {', '.join(map(str, summary.seeds))}. "
-        f"Runs: {', '.join(f'{n} {status}' for status, n in counts.items())}.",
-        "",
+    """``report.md``: how the comparison ran and by which code, warnings, the per-arm table, the primary endpoint of
+    every pair, the secondary and test-set tests, every metric per pair, the plots, what did not finish."""
+    lines = [f"# Comparison `{summary.group}`", "", f"Command: `{' '.join(summary.command)}`", "",
+             _runs_line(summary, results), ""]  # fmt: skip
+    if summary.warnings:
+        lines += ["**Warnings**", "", *(f"- {warning}" for warning in summary.warnings), ""]
+    lines += [
         "## Per-arm results",
         "",
-        "Mean ± half-width of the t-based 95% confidence interval [bootstrap 95% CI, percentile, "
-        f"{BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}], over the finished runs.",
+        "Mean ± half-width of the t-based 95% confidence interval over the arm's finished seeds that have the value "
+        f"(n). {BOOTSTRAP_NOTE} A value that is the same in every run is marked so: it gets no test.",
         "",
         markdown_table(arm_table(summary)),
         "",
         arm_reading(summary),
         "",
-        "## Tests",
+        "## Test accuracy: primary analysis",
         "",
-        f"The primary test is the **{PRIMARY_TEST}** over seeds: {PRIMARY_TEST_REASON}. Welch's t-test and the "
-        "Mann-Whitney U test are reported as unpaired checks, Cohen's d (pooled standard deviation) as the effect "
-        "size. Differences are arm minus reference; p-values are two-sided and not corrected for the "
-        f'{len(METRICS)} metrics. "no test" marks a test the data cannot support: fewer than 2 seeds (n < 2), or no '
-        "variance (a metric that is the same in every run, such as the dense parameter count).",
-        "",
-        "### Test accuracy, every pair",
-        "",
-        "The paired 95% CI is the t-based interval of the seed-by-seed differences (arm minus reference), in points.",
+        _methods(summary),
         "",
         markdown_table(accuracy_table(summary)),
         "",
+        *(line for pair in summary.comparisons for line in (f"- {significance_reading(pair)}",)),
+        "",
+        "### Secondary tests of test accuracy (unadjusted)",
+        "",
+        "On the same paired seeds. The Mann-Whitney p-value comes from the permutation distribution of U (exact, or "
+        "Monte Carlo when the splits are too many), ties included; Cohen's d uses the pooled standard deviation.",
+        "",
+        markdown_table(secondary_table(summary)),
+        "",
+        "### Test-set uncertainty, per seed (secondary, unadjusted)",
+        "",
+        "The two runs of one seed over the same test examples: the paired percentile bootstrap 95% interval of the "
+        f"accuracy difference over the test examples ({EXAMPLE_BOOTSTRAP_RESAMPLES} resamples), and McNemar's exact "
+        "test on the examples only one of the two gets right.",
+        "",
+        markdown_table(examples_table(summary)),
+        "",
+        "## Every metric, per pair",
+        "",
+        "Paired t p-values here are unadjusted; Welch, Mann-Whitney U and Cohen's d are secondary. p-values are "
+        f'two-sided and not corrected for the {len(METRICS)} metrics. "values only" marks a metric that is the same '
+        'in every run of an arm (no seed-to-seed variation to test); "no test" one the data cannot support.',
+        "",
     ]
     for pair in summary.comparisons:
-        lines += [
-            f"### {pair.arm} vs {pair.reference}",
-            "",
-            markdown_table(significance_table(pair)),
-            "",
-            significance_reading(pair),
-            "",
-        ]
+        lines += [f"### {pair.arm} vs {pair.reference}", "", markdown_table(significance_table(pair)), "",
+                  significance_reading(pair), ""]  # fmt: skip
     lines += ["## Plots", ""]
     lines += [f"![{path.stem.replace('_', ' ')}]({path.name})\n" for path in plots]
+    lines += _provenance_lines(summary)
     unfinished = results[results["status"] != "finished"]
     if len(unfinished):
         lines += ["## Runs that did not finish", "", "Re-run the same command to retry them.", ""]
         lines += [f"- {row.arm}, seed {row.seed}: {row.status} ({row.run_dir})" for row in unfinished.itertuples()]
+        lines.append("")
+    if summary.missing_values:
+        lines += ["## Missing values", "", "Finished runs without these metrics (left out of their statistics):", ""]
+        lines += [f"- {m['arm']}, seed {m['seed']}: {', '.join(m['metrics'])}" for m in summary.missing_values]
         lines.append("")
     if summary.wandb:
         lines += ["## Weights & Biases", "", f"Group `{summary.group}`: {summary.wandb}", ""]
@@ -265,10 +158,11 @@ def render_report(summary: Summary, results: pd.DataFrame, plots: Sequence[Path]
 
 
 def _summary_tables(summary: Summary, results: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """The W&B summary run's tables: the per-arm table, every pair's tests, every run."""
+    """The W&B summary run's tables: the per-arm table, the primary analysis, every pair's tests, every run."""
     tests = [significance_table(p).reset_index().assign(arm=p.arm, reference=p.reference) for p in summary.comparisons]
     return {
         "summary/arms": arm_table(summary).reset_index(),
+        "summary/primary": accuracy_table(summary).reset_index() if summary.comparisons else pd.DataFrame(),
         "summary/tests": pd.concat(tests) if tests else pd.DataFrame(),
         "summary/runs": results.astype(str),
     }
@@ -285,10 +179,10 @@ def write_outputs(comparison: Comparison, records: Sequence[dict[str, Any]], log
     results.to_csv(output / "results.csv", index=False)
     curves.to_csv(output / "curves.csv", index=False)
     summary = summarize(results, [arm.name for arm in comparison.arms], comparison.group, comparison.command,
-                        comparison.seeds)  # fmt: skip
+                        comparison.seeds, comparison.margin, comparison.margin_source)  # fmt: skip
     plots = write_plots(output, results, curves, summary)
     if comparison.wandb and log_wandb:
-        config = {"arms": summary.arms, "seeds": summary.seeds, "command": summary.command}
+        config = {"arms": summary.arms, "seeds": summary.seeds, "command": summary.command, "margin": summary.margin}
         where = log_summary_run(comparison.project, comparison.group, comparison.output, config,
                                 _summary_tables(summary, results), plots)  # fmt: skip
         summary = replace(summary, wandb=where)

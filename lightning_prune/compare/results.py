@@ -1,7 +1,7 @@
 """The results of a comparison as small typed dataclasses, and their JSON form (``summary.json``).
 
-Only the standard library: the statistics (``stats``) build these, the report reads them, and ``to_json`` /
-``from_json`` turn them into ``summary.json``'s structure and back (``load_results``).
+Only the standard library: the statistics (``stats``, ``hypotheses``, ``testset``) build these, the report reads
+them, and ``to_json`` / ``from_json`` turn them into ``summary.json``'s structure and back (``load_results``).
 """
 
 import json
@@ -13,10 +13,44 @@ from typing import Any
 
 
 class NoTest(str, Enum):
-    """Why a test (or an effect size) has no value: the data cannot support it."""
+    """Why a test (or an effect size) has no value: the data cannot support it, or the question is not one for a
+    test."""
 
     TOO_FEW_SEEDS = "too_few_seeds"
     NO_VARIANCE = "no_variance"
+    # the metric is the same in every run of an arm (parameters, FLOPs of a fixed schedule): values, not a test
+    DETERMINISTIC = "deterministic"
+    # no per-example test predictions, or the two runs were tested on different test sets
+    NOT_RECORDED = "not_recorded"
+
+
+class Conclusion(str, Enum):
+    """What a pair's primary analysis concludes (test accuracy; margin ``M`` in points, Holm-adjusted p-values)."""
+
+    BETTER = "better"
+    WORSE = "worse"
+    EQUIVALENT = "equivalent"  # TOST: the difference lies within +-M
+    NON_INFERIOR = "non_inferior"  # the arm is not worse than the reference by more than M
+    INCONCLUSIVE = "inconclusive"
+
+
+def conclusion_text(conclusions: tuple[Conclusion, ...], margin: float) -> str:
+    """The conclusions in words, the margin in points.
+
+    Example:
+        >>> conclusion_text((Conclusion.WORSE, Conclusion.NON_INFERIOR), 0.1)
+        'worse; not worse by more than 0.1'
+        >>> conclusion_text((Conclusion.EQUIVALENT,), 0.5)
+        'equivalent within ±0.5'
+    """
+    words = {
+        Conclusion.BETTER: "better",
+        Conclusion.WORSE: "worse",
+        Conclusion.EQUIVALENT: f"equivalent within ±{margin:g}",
+        Conclusion.NON_INFERIOR: f"not worse by more than {margin:g}",
+        Conclusion.INCONCLUSIVE: "inconclusive",
+    }
+    return "; ".join(words[c] for c in conclusions) if conclusions else "n/a"
 
 
 # summary.json written before TestResult.no_test existed: the notes those versions wrote, word for word
@@ -42,7 +76,8 @@ def _list(pair: tuple[float, float] | None) -> list[float] | None:
 @dataclass(frozen=True)
 class TestResult:
     """One test's outcome. ``p_value`` (``statistic`` for an effect size) is None when the test is not possible:
-    ``no_test`` then says why, ``note`` in words."""
+    ``no_test`` then says why, ``note`` in words. ``method`` names how the p-value was computed (e.g. exact
+    permutation) where there is a choice."""
 
     __test__ = False  # not a pytest test class
 
@@ -51,21 +86,27 @@ class TestResult:
     df: float | None = None
     note: str = ""
     no_test: NoTest | None = None
+    method: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"statistic": self.statistic, "p_value": self.p_value, "df": self.df, "note": self.note,
-                "no_test": None if self.no_test is None else self.no_test.value}  # fmt: skip
+                "no_test": None if self.no_test is None else self.no_test.value, "method": self.method}  # fmt: skip
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "TestResult":
+    def from_json(cls, data: dict[str, Any] | None) -> "TestResult":
+        if data is None:
+            return cls()
         no_test = NoTest(data["no_test"]) if data.get("no_test") else _NO_TEST_OF_OLD_NOTE.get(data.get("note", ""))
-        return cls(data.get("statistic"), data.get("p_value"), data.get("df"), data.get("note", ""), no_test)
+        return cls(data.get("statistic"), data.get("p_value"), data.get("df"), data.get("note", ""), no_test,
+                   data.get("method", ""))  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ArmStats:
-    """One metric of one arm over its finished seeds: mean, sample standard deviation, t-based and bootstrap
-    confidence intervals of the mean. ``note`` says why a value is missing (no run, one seed)."""
+    """One metric of one arm over its finished seeds that have a value: mean, sample standard deviation, the t-based
+    95% confidence interval of the mean and, from 10 seeds on, the percentile bootstrap interval (below 10 seeds it
+    undercovers: with 3 seeds it is the range of the values). ``varies`` is False for a metric that is the same in
+    every run; ``note`` says why a value is missing (no run, one seed)."""
 
     n: int
     mean: float | None = None
@@ -73,6 +114,7 @@ class ArmStats:
     t_ci: tuple[float, float] | None = None
     bootstrap_ci: tuple[float, float] | None = None
     note: str = ""
+    varies: bool = True
 
     @property
     def t_half_width(self) -> float | None:
@@ -81,17 +123,20 @@ class ArmStats:
 
     def to_json(self) -> dict[str, Any]:
         return {"n": self.n, "mean": self.mean, "std": self.std, "t_ci": _list(self.t_ci),
-                "bootstrap_ci": _list(self.bootstrap_ci), "note": self.note}  # fmt: skip
+                "bootstrap_ci": _list(self.bootstrap_ci), "note": self.note, "varies": self.varies}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ArmStats":
         return cls(data["n"], data.get("mean"), data.get("std"), _pair(data.get("t_ci")),
-                   _pair(data.get("bootstrap_ci")), data.get("note", ""))  # fmt: skip
+                   _pair(data.get("bootstrap_ci")), data.get("note", ""), data.get("varies", True))  # fmt: skip
 
 
 @dataclass(frozen=True)
 class PairComparison:
-    """Every test of one metric between two arms; differences are ``other - reference``, paired by seed."""
+    """Every statistic of one metric between two arms, all on the seeds finished (with a value) in both: ``n_pairs``
+    of them, listed in ``seeds``. Differences are ``other - reference``; ``n_reference`` and ``n_other`` count each
+    arm's seeds with a value, paired or not. ``cohens_d`` uses the pooled standard deviation of the two arms,
+    ``cohens_dz`` the standard deviation of the paired differences (the effect size of the paired test)."""
 
     n_reference: int
     n_other: int
@@ -99,20 +144,23 @@ class PairComparison:
     mean_reference: float | None
     mean_other: float | None
     difference: float | None
-    # how far apart the arms can be, seed for seed: "within 0.1 points" is read off this interval
+    # the t-based 95% interval of the seed-by-seed differences; None without variance (no zero-width interval)
     paired_difference_t_ci: tuple[float, float] | None
     paired_t: TestResult
     welch_t: TestResult
     mann_whitney_u: TestResult
     cohens_d: TestResult
+    cohens_dz: TestResult = field(default_factory=TestResult)
+    seeds: list[int] = field(default_factory=list)
 
-    TESTS = ("paired_t", "welch_t", "mann_whitney_u", "cohens_d")
+    TESTS = ("paired_t", "welch_t", "mann_whitney_u", "cohens_d", "cohens_dz")
 
     def to_json(self) -> dict[str, Any]:
         return {
             "n_reference": self.n_reference,
             "n_other": self.n_other,
             "n_pairs": self.n_pairs,
+            "seeds": self.seeds,
             "mean_reference": self.mean_reference,
             "mean_other": self.mean_other,
             "difference": self.difference,
@@ -122,27 +170,112 @@ class PairComparison:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "PairComparison":
-        tests = {name: TestResult.from_json(data[name]) for name in cls.TESTS}
+        tests = {name: TestResult.from_json(data.get(name)) for name in cls.TESTS}
         return cls(data["n_reference"], data["n_other"], data["n_pairs"], data["mean_reference"], data["mean_other"],
-                   data["difference"], _pair(data.get("paired_difference_t_ci")), **tests)  # fmt: skip
+                   data["difference"], _pair(data.get("paired_difference_t_ci")), **tests,
+                   seeds=list(data.get("seeds", [])))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class PrimaryAnalysis:
+    """The primary endpoint (test accuracy) of one pair against the margin ``M`` (in the metric's units: 0.001 is
+    0.1 points), on the paired seeds.
+
+    ``ci90`` is the t-based 90% interval of the paired differences: TOST (equivalence within +-M) rejects at 5% when it
+    lies inside (-M, M), the non-inferiority test (not worse by more than M) when its low end lies above -M. The
+    ``*_holm`` p-values are Holm-adjusted over the ``holm_family`` pairs of the report that have a p-value;
+    ``conclusions`` are drawn from them.
+    """
+
+    margin: float
+    n_pairs: int
+    difference: float | None
+    ci90: tuple[float, float] | None
+    tost: TestResult
+    non_inferiority: TestResult
+    p_holm: float | None = None
+    tost_p_holm: float | None = None
+    non_inferiority_p_holm: float | None = None
+    holm_family: int = 0
+    conclusions: tuple[Conclusion, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"margin": self.margin, "n_pairs": self.n_pairs, "difference": self.difference,
+                "ci90": _list(self.ci90), "tost": self.tost.to_json(),
+                "non_inferiority": self.non_inferiority.to_json(), "p_holm": self.p_holm,
+                "tost_p_holm": self.tost_p_holm, "non_inferiority_p_holm": self.non_inferiority_p_holm,
+                "holm_family": self.holm_family,
+                "conclusions": [c.value for c in self.conclusions]}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PrimaryAnalysis":
+        return cls(data["margin"], data["n_pairs"], data["difference"], _pair(data.get("ci90")),
+                   TestResult.from_json(data["tost"]), TestResult.from_json(data["non_inferiority"]),
+                   data.get("p_holm"), data.get("tost_p_holm"), data.get("non_inferiority_p_holm"),
+                   data.get("holm_family", 0),
+                   tuple(Conclusion(c) for c in data.get("conclusions", [])))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TestSetComparison:
+    """Test accuracy of two runs of the same seed, example by example over the same test set: the uncertainty that
+    comes from the test set itself. ``only_other`` counts the examples the arm gets right and the reference wrong,
+    ``only_reference`` the reverse (McNemar's discordant pairs); ``bootstrap_ci`` is the paired percentile bootstrap
+    95% interval of the accuracy difference over the test examples."""
+
+    __test__ = False
+
+    seed: int
+    n_examples: int | None = None
+    accuracy_reference: float | None = None
+    accuracy_other: float | None = None
+    only_other: int | None = None
+    only_reference: int | None = None
+    bootstrap_ci: tuple[float, float] | None = None
+    mcnemar: TestResult = field(default_factory=TestResult)
+
+    @property
+    def difference(self) -> float | None:
+        if self.accuracy_reference is None or self.accuracy_other is None:
+            return None
+        return self.accuracy_other - self.accuracy_reference
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seed": self.seed, "n_examples": self.n_examples, "accuracy_reference": self.accuracy_reference,
+                "accuracy_other": self.accuracy_other, "only_other": self.only_other,
+                "only_reference": self.only_reference, "bootstrap_ci": _list(self.bootstrap_ci),
+                "mcnemar": self.mcnemar.to_json()}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "TestSetComparison":
+        return cls(data["seed"], data.get("n_examples"), data.get("accuracy_reference"), data.get("accuracy_other"),
+                   data.get("only_other"), data.get("only_reference"), _pair(data.get("bootstrap_ci")),
+                   TestResult.from_json(data.get("mcnemar")))  # fmt: skip
 
 
 @dataclass(frozen=True)
 class ArmPair:
-    """One pair of arms compared on every metric: ``arm`` against ``reference``."""
+    """One pair of arms compared on every metric: ``arm`` against ``reference``; the primary analysis of test
+    accuracy, and the per-seed comparisons over the test examples."""
 
     arm: str
     reference: str
     metrics: dict[str, PairComparison]
+    primary: PrimaryAnalysis | None = None
+    test_set: list[TestSetComparison] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"arm": self.arm, "reference": self.reference,
-                "metrics": {name: result.to_json() for name, result in self.metrics.items()}}  # fmt: skip
+                "metrics": {name: result.to_json() for name, result in self.metrics.items()},
+                "primary": None if self.primary is None else self.primary.to_json(),
+                "test_set": [seed.to_json() for seed in self.test_set]}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "ArmPair":
         metrics = {name: PairComparison.from_json(result) for name, result in data["metrics"].items()}
-        return cls(data["arm"], data["reference"], metrics)
+        primary = PrimaryAnalysis.from_json(data["primary"]) if data.get("primary") else None
+        test_set = [TestSetComparison.from_json(seed) for seed in data.get("test_set", [])]
+        return cls(data["arm"], data["reference"], metrics, primary, test_set)
 
 
 @dataclass(frozen=True)
@@ -150,7 +283,10 @@ class Summary:
     """What ``summary.json`` holds: how the comparison ran, every arm's statistics and every pair's tests.
 
     ``primary_test`` (name, reason) and ``metrics`` (label, unit, scale of each) describe the analysis for readers of
-    the file.
+    the file; ``margin`` is the equivalence / non-inferiority margin in points of test accuracy and
+    ``margin_source`` where it came from. ``provenance`` holds the code and versions the runs were made with,
+    ``reused_runs`` the finished runs kept although they were made by other code or config (``--reuse-stale``),
+    ``missing_values`` the metrics that finished runs lack, and ``warnings`` what a reader must know first.
     """
 
     group: str
@@ -166,6 +302,13 @@ class Summary:
     per_arm: dict[str, dict[str, ArmStats]]
     comparisons: list[ArmPair] = field(default_factory=list)
     wandb: str | None = None
+    margin: float | None = None
+    margin_source: str = ""
+    finished: dict[str, int] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    reused_runs: list[dict[str, Any]] = field(default_factory=list)
+    missing_values: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def stats(self, arm: str, metric: str) -> ArmStats | None:
         return self.per_arm.get(arm, {}).get(metric)
@@ -182,14 +325,21 @@ class Summary:
             "arms": self.arms,
             "seeds": self.seeds,
             "runs": self.runs,
+            "finished": self.finished,
             "primary_test": self.primary_test,
             "alpha": self.alpha,
             "confidence": self.confidence,
+            "margin": self.margin,
+            "margin_source": self.margin_source,
             "metrics": self.metrics,
             "per_arm": {
                 arm: {name: s.to_json() for name, s in metrics.items()} for arm, metrics in self.per_arm.items()
             },
             "comparisons": [pair.to_json() for pair in self.comparisons],
+            "provenance": self.provenance,
+            "reused_runs": self.reused_runs,
+            "missing_values": self.missing_values,
+            "warnings": self.warnings,
             "wandb": self.wandb,
         }
 
@@ -211,6 +361,13 @@ class Summary:
             per_arm=per_arm,
             comparisons=[ArmPair.from_json(pair) for pair in data["comparisons"]],
             wandb=data.get("wandb"),
+            margin=data.get("margin"),
+            margin_source=data.get("margin_source", ""),
+            finished=data.get("finished", {}),
+            provenance=data.get("provenance", {}),
+            reused_runs=data.get("reused_runs", []),
+            missing_values=data.get("missing_values", []),
+            warnings=data.get("warnings", []),
         )
 
 

@@ -21,9 +21,11 @@ from jsonargparse import Namespace
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_prune.cli import LightningPruneCLI
+from lightning_prune.compare import provenance
 from lightning_prune.compare.baselines import baseline_callback
-from lightning_prune.compare.recorder import CurveRecorder, pruning_callback
+from lightning_prune.compare.recorder import CurveRecorder, TestCorrectRecorder, pruning_callback
 from lightning_prune.compare.results import now, write_json
+from lightning_prune.compare.testset import TEST_CORRECT_FILE, save_test_correct, targets_hash
 from lightning_prune.inputs import example_inputs
 
 UNPRUNED, PRUNED = "unpruned", "pruned"
@@ -32,11 +34,14 @@ STATUS_FILE = "status.json"
 
 @dataclass(frozen=True)
 class Arm:
-    """One arm: its LightningCLI arguments (before the per-run ones) and, for a baseline, ModelPruning's schedule."""
+    """One arm: its LightningCLI arguments (before the per-run ones), for a baseline ModelPruning's schedule, and the
+    config LightningCLI resolves from the arguments (``provenance.without_per_run_keys``; None when not planned from
+    a command line), which the runs' config hashes are made of."""
 
     name: str
     args: tuple[str, ...]
     schedule: dict[int, float] | None = None
+    config: dict[str, Any] | None = field(default=None, compare=False, hash=False)
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,23 @@ class RunSpec:
     @property
     def name(self) -> str:
         return f"{self.arm.name}-seed{self.seed}"
+
+    @property
+    def config_hash(self) -> str | None:
+        """The hash of the run's resolved config with its seed and what ``compare`` adds (the baseline's schedule,
+        which weights sparsity counts, the profiling threads); the same for the same run in another folder."""
+        if self.arm.config is None:
+            return None
+        extra = {"baseline_schedule": None if self.arm.schedule is None else {str(k): v for k, v in
+                                                                             self.arm.schedule.items()},
+                 "sparsity_of": {"parameters": self.parameters, "exclude": self.exclude},
+                 "profile_threads": self.profile_threads}  # fmt: skip
+        return provenance.content_hash(provenance.run_config(self.arm.config, self.seed, extra))
+
+    @property
+    def task_hash(self) -> str | None:
+        """The hash of the task the run trains (model, data, trainer, optimizer) without pruning, baseline or seed."""
+        return None if self.arm.config is None else provenance.content_hash(provenance.task_config(self.arm.config))
 
     @property
     def cli_args(self) -> list[str]:
@@ -167,6 +189,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
             cli.trainer.callbacks.append(baseline_callback(cli.model, spec.arm.schedule, spec.parameters, spec.exclude))
         # after any pruning callback, so each epoch's row sees that epoch's cut
         cli.trainer.callbacks.append(recorder)
+        test_correct = TestCorrectRecorder()
+        cli.trainer.callbacks.append(test_correct)
         try:
             train_time, tested = train_and_test(cli, spec)
         except SystemExit as err:
@@ -181,6 +205,7 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
             "epochs": cli.trainer.current_epoch,
             **profile_final_model(cli, pruning, spec.profile_threads),
             "wandb_run": _wandb_run_dir(cli.trainer),
+            **_save_test_correct(test_correct, spec.directory),
         }
         for logger in cli.trainer.loggers:
             logger.log_metrics({f"final/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
@@ -189,6 +214,14 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
     finally:
         _close_loggers(cli.trainer, status)
         _restore_sigint(sigint)
+
+
+def _save_test_correct(recorder: TestCorrectRecorder, directory: Path) -> dict[str, Any]:
+    """Write the run's per-example test results (``test_correct.npz``); their count and the targets' hash."""
+    if recorder.correct is None or recorder.targets is None:
+        return {"test_examples": None, "test_targets_sha256": None}
+    save_test_correct(directory / TEST_CORRECT_FILE, recorder.correct, recorder.targets)
+    return {"test_examples": len(recorder.correct), "test_targets_sha256": targets_hash(recorder.targets)}
 
 
 def _wandb_run_dir(trainer: "L.Trainer") -> str | None:
@@ -230,6 +263,11 @@ class Comparison:
     exclude: list[str] | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     command: list[str] = field(default_factory=list)
+    # the equivalence / non-inferiority margin in points of test accuracy, and where it came from
+    margin: float = 0.5
+    margin_source: str = "default for data other than MNIST, CIFAR-10 and IMDB"
+    # keep finished runs made by other code or config instead of running them again (the report lists them)
+    reuse_stale: bool = False
 
     @property
     def group(self) -> str:
@@ -287,13 +325,21 @@ def run_comparison(comparison: Comparison) -> list[dict[str, Any]]:
     """
     specs = comparison.specs()
     records, durations = [], []
+    current = {**provenance.code_state(comparison.output), **provenance.versions()}
     for index, spec in enumerate(specs, 1):
         previous = read_status(spec.directory)
         where = f"run {index}/{len(specs)}: {spec.arm.name}, seed {spec.seed}"
         if previous is not None and previous.get("status") == "finished":
-            say(f"{where}: finished earlier, skipped")
-            records.append(previous)
-            continue
+            stale = provenance.stale_reasons(previous, {**current, "config_hash": spec.config_hash})
+            if not stale:
+                say(f"{where}: finished earlier, skipped")
+                records.append(previous)
+                continue
+            if comparison.reuse_stale:
+                say(f"{where}: finished earlier by other code or config ({'; '.join(stale)}), reused (--reuse-stale)")
+                records.append({**previous, "reused_stale": "; ".join(stale)})
+                continue
+            say(f"{where}: finished earlier by other code or config ({'; '.join(stale)}): running it again")
         left = sum(1 for s in specs[index - 1 :] if (read_status(s.directory) or {}).get("status") != "finished")
         eta = f"ETA {_duration(left * sum(durations) / len(durations))}" if durations else "ETA after this run"
         say(f"{where} ({eta})")
@@ -309,7 +355,17 @@ def _headline(record: dict[str, Any]) -> str:
     if record["status"] != "finished":
         last = record.get("error", "").strip().splitlines()
         return f": {last[-1]}" if last else ""
-    return f", test_acc {record.get('test_acc')}, sparsity {record.get('sparsity', 0):.4f}"
+    return f", test accuracy {_percent(record.get('test_acc'))}, sparsity {_percent(record.get('sparsity'))}"
+
+
+def _percent(value: Any) -> str:
+    """A fraction as a percentage with two decimals: 0.900600016 -> '90.06%'.
+
+    Example:
+        >>> _percent(0.900600016117096), _percent(None)
+        ('90.06%', 'n/a')
+    """
+    return "n/a" if not isinstance(value, (int, float)) or value != value else f"{value * 100:.2f}%"
 
 
 def _run_and_record(spec: RunSpec, previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -317,7 +373,8 @@ def _run_and_record(spec: RunSpec, previous: dict[str, Any] | None) -> dict[str,
     if spec.directory.exists():  # what a crashed or interrupted attempt left behind
         shutil.rmtree(spec.directory)
     base = {"arm": spec.arm.name, "seed": spec.seed, "attempts": attempts, "started": now(),
-            "run_dir": str(spec.directory)}  # fmt: skip
+            "run_dir": str(spec.directory), **provenance.code_state(spec.directory.parent.parent),
+            "config_hash": spec.config_hash, "task_hash": spec.task_hash, **provenance.versions()}  # fmt: skip
     write_json(spec.directory / STATUS_FILE, {**base, "status": "running"})
     try:
         record = {**base, "status": "finished", **run_one(spec)}
