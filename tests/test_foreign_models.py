@@ -1,0 +1,215 @@
+"""The callback dropped into models nobody here wrote, in both modes: torchvision families, PyTorch's transformer and
+RNN layers, Lightning's own demo Transformer, a module without ``forward``, manual optimisation and bf16 on the CPU.
+
+Each case trains a few tiny steps and checks what a user relies on: training completes, the target is reached
+(structured: within one channel's share), cut weights stay zero before every step, nothing non-finite is logged, and
+the export is smaller and computes what the pruned model computes.
+"""
+
+import csv
+import math
+
+import lightning as L
+import pytest
+import torch
+import torchvision
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.demos import LightningTransformer
+from lightning.pytorch.loggers import CSVLogger
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_prune import RealTimePruningCallback
+
+TARGET = 0.5
+
+
+class Classifier(L.LightningModule):
+    """Cross-entropy over any backbone taking ``(*inputs)``; logs nothing (the callback paces by the returned loss)."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, *inputs):
+        return self.backbone(*inputs)
+
+    def training_step(self, batch, batch_idx):
+        *inputs, target = batch
+        return F.cross_entropy(self(*inputs), target)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+class NoForward(Classifier):
+    """No ``forward``: ``training_step`` calls the network itself."""
+
+    forward = nn.Module.forward  # the base class's, which raises: there is none
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.backbone(x), y)
+
+
+class Manual(Classifier):
+    """Manual optimisation: ``training_step`` steps the optimizer itself."""
+
+    def __init__(self, backbone: nn.Module) -> None:
+        super().__init__(backbone)
+        self.automatic_optimization = False
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        *inputs, target = batch
+        loss = F.cross_entropy(self(*inputs), target)
+        self.manual_backward(loss)
+        optimizer.step()
+        return loss
+
+
+class TextClassifier(nn.Module):
+    """Embedding + a recurrent or transformer encoder + mean pooling + a Linear head."""
+
+    def __init__(self, kind: str, vocab: int = 50, width: int = 16) -> None:
+        super().__init__()
+        self.kind = kind
+        self.embedding = nn.Embedding(vocab, width)
+        if kind == "transformer":
+            layer = nn.TransformerEncoderLayer(width, nhead=2, dim_feedforward=32, batch_first=True, dropout=0.0)
+            self.encoder = nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+        elif kind == "gru":
+            self.encoder = nn.GRU(width, width, num_layers=2, batch_first=True)
+        else:
+            self.encoder = nn.LSTM(width, width, num_layers=2, batch_first=True, bidirectional=True)
+        self.head = nn.Linear(width * (2 if kind == "bilstm" else 1), 2)
+
+    def forward(self, tokens):
+        hidden = self.embedding(tokens)
+        hidden = self.encoder(hidden) if self.kind == "transformer" else self.encoder(hidden)[0]
+        return self.head(hidden.mean(dim=1))
+
+
+class DemoTransformer(LightningTransformer):
+    """Lightning's demo, as shipped (``forward(inputs, target)``, nothing logged), with a small vocabulary."""
+
+    def __init__(self) -> None:
+        super().__init__(vocab_size=40)
+        self.model = type(self.model)(vocab_size=40, ninp=16, nhead=2, nhid=32, nlayers=1, dropout=0.0)
+
+
+class LoggedDemoTransformer(DemoTransformer):
+    """The demo plus logging: paced by the logged ``train_loss`` instead."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss)
+        return loss
+
+
+def images(count: int = 16) -> DataLoader:
+    generator = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(count, 3, 32, 32, generator=generator), torch.randint(0, 10, (count,)))
+    return DataLoader(data, batch_size=4)
+
+
+def tokens(count: int = 16, classes: int = 2, length: int = 12, vocab: int = 50, target_is_text: bool = False):
+    generator = torch.Generator().manual_seed(0)
+    text = torch.randint(1, vocab, (count, length), generator=generator)
+    target = torch.randint(1, vocab, (count, length), generator=generator) if target_is_text else text[:, 0] % classes
+    return DataLoader(TensorDataset(text, target), batch_size=4)
+
+
+def vit() -> nn.Module:
+    return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                                                mlp_dim=32, num_classes=10)  # fmt: skip
+
+
+BF16 = {"precision": "bf16-mixed"}
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(3072, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+# name -> (module, data, Trainer settings)
+CASES = {
+    "resnet18": (lambda: Classifier(torchvision.models.resnet18(num_classes=10)), images, {}),
+    "mobilenet_v3_small": (lambda: Classifier(torchvision.models.mobilenet_v3_small(num_classes=10)), images, {}),
+    "efficientnet_b0": (lambda: Classifier(torchvision.models.efficientnet_b0(num_classes=10)), images, {}),
+    "shufflenet_v2_x0_5": (lambda: Classifier(torchvision.models.shufflenet_v2_x0_5(num_classes=10)), images, {}),
+    "vit": (lambda: Classifier(vit()), images, {}),
+    "transformer_encoder": (lambda: Classifier(TextClassifier("transformer")), tokens, {}),
+    "demo_transformer": (DemoTransformer, lambda: tokens(length=8, vocab=40, target_is_text=True), {}),
+    "demo_transformer_logged": (LoggedDemoTransformer, lambda: tokens(length=8, vocab=40, target_is_text=True), {}),
+    "gru": (lambda: Classifier(TextClassifier("gru")), tokens, {}),
+    "bilstm": (lambda: Classifier(TextClassifier("bilstm")), tokens, {}),
+    "no_forward": (lambda: NoForward(mlp()), images, {}),
+    "manual_optimisation": (lambda: Manual(torchvision.models.resnet18(num_classes=10)), images, {}),
+    "bf16_mixed": (lambda: Classifier(torchvision.models.resnet18(num_classes=10)), images, BF16),
+}
+
+
+class ZeroChecker(Callback):
+    """Before every batch: every cut weight is exactly zero."""
+
+    def __init__(self, pruning: RealTimePruningCallback) -> None:
+        self.pruning, self.checked = pruning, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        masks = self.pruning.masks
+        for name, cut in masks.pruned.items():
+            if cut.any():
+                assert (masks.weights[name][cut] == 0).all(), f"{name}: a cut weight moved"
+                self.checked += 1
+
+
+def call(model: nn.Module, batch) -> torch.Tensor:
+    *inputs, target = batch
+    if isinstance(model, LightningTransformer):
+        return model(*inputs, target)
+    if isinstance(model, NoForward):
+        return model.backbone(*inputs)
+    return model(*inputs)
+
+
+@pytest.mark.parametrize("mode", ["unstructured", "structured"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_foreign_model_is_pruned_to_the_target_and_exports(case, mode, tmp_path):
+    build, data, settings = CASES[case]
+    L.seed_everything(0)
+    module, loader = build(), data()
+    monitor = "train_loss" if case == "demo_transformer_logged" else None
+    pruning = RealTimePruningCallback(mode=mode, target_sparsity=TARGET, initial_ratio=0.3, max_ratio=0.5,
+                                      monitor=monitor, end_epoch=2)  # fmt: skip
+    checker = ZeroChecker(pruning)
+    logger = CSVLogger(tmp_path, name=case)
+    trainer = L.Trainer(max_epochs=3, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1, log_every_n_steps=1,
+                        callbacks=[pruning, checker], **settings)  # fmt: skip
+    dense_params = sum(p.numel() for p in build().parameters())
+    trainer.fit(module, loader)
+
+    resolution = pruning.pruner.resolution() if mode == "structured" else 1e-3
+    assert pruning.sparsity == pytest.approx(TARGET, abs=max(resolution, 1e-3)), pruning.history
+    assert checker.checked > 0
+    with open(f"{logger.log_dir}/metrics.csv") as handle:
+        values = [
+            v for row in csv.DictReader(handle) for k, v in row.items() if k.startswith(("pruning", "grad")) and v
+        ]
+    assert values and all(math.isfinite(float(v)) for v in values)
+
+    exported = pruning.export(module)
+    if mode == "structured":
+        assert sum(p.numel() for p in exported.parameters()) < dense_params
+    else:  # single weights: the export keeps its shapes; what a sparse format stores, its non-zeros, shrank
+        removed = dense_params - sum(int(p.count_nonzero()) for p in exported.parameters())
+        assert removed >= TARGET * pruning.pruner.initial_weights - 1
+    batch = next(iter(loader))
+    module.eval()
+    exported.eval()
+    with torch.no_grad():
+        expected, got = call(module, batch).float(), call(exported, batch).float()
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
