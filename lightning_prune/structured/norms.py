@@ -31,6 +31,11 @@ class AliveChannelNorm:
 
     def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
         x = args[0]
+        if x.is_nested:  # nn.TransformerEncoder's padded batches in eval: normalise each sequence
+            return torch.nested.nested_tensor([self.normalise(module, t) for t in x.unbind()])
+        return self.normalise(module, x)
+
+    def normalise(self, module: nn.Module, x: Tensor) -> Tensor:
         alive = self.alive(x.device)
         weight = None if module.weight is None else module.weight.index_select(0, alive)
         bias = None if module.bias is None else module.bias.index_select(0, alive)
@@ -40,7 +45,7 @@ class AliveChannelNorm:
         else:
             dim = 1
             kept = F.group_norm(x.index_select(dim, alive), module.num_groups, weight, bias, module.eps)
-        return output.new_zeros(output.shape).index_copy(dim, alive, kept)
+        return x.new_zeros(x.shape).index_copy(dim, alive, kept)
 
 
 def norm_hook(module: nn.Module) -> AliveChannelNorm | None:
