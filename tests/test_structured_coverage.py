@@ -392,6 +392,17 @@ def test_a_gru_counts_only_what_it_can_prune_before_any_cut():
     assert pruning.pruner.initial_weights == gru_weights
 
 
+def test_a_module_that_declares_its_input_is_checked_at_setup():
+    module = Wrapper(GRUClassifier())
+    module.example_input_array = tokens()
+    pruning = RealTimePruningCallback(mode="structured", target_sparsity=0.5)
+    pruning.setup(quiet_trainer(max_epochs=1), module, "fit")
+    assert pruning.pruner.plan.target == "net" and [g.name for g in pruning.pruner.plan.groups] == [
+        "net.gru.l0",
+        "net.gru.l1",
+    ]
+
+
 def test_exclude_routes_around_a_layer_structured_pruning_cannot_shrink():
     with pytest.warns(UserWarning, match=r"'net\.lstm'.*proj_size"):
         fit(ProjectedLSTM(hidden_layer=True), token_data(), epochs=1)

@@ -43,8 +43,8 @@ class Member:
 class ChannelGroup:
     """Channels that are removed together, with the parameter slices that go with each.
 
-    ``module`` is the name of the layer whose output channels these are (for a recurrent group, the RNN module);
-    ``modules`` every layer that produces them (for messages).
+    ``name`` is torch-pruning's root layer (or ``"<rnn>.l<layer>[_reverse]"`` for a recurrent layer's units);
+    ``modules`` every layer (or parameter) that produces the channels, for messages.
     """
 
     name: str
@@ -52,7 +52,6 @@ class ChannelGroup:
     members: list[Member] = field(default_factory=list)
     # groups with the same tie lose the same number of channels (the layers of one nn.LSTM share a hidden size)
     tie: str | None = None
-    module: str = ""
     modules: list[str] = field(default_factory=list)
     # class of each channel (None: one class): every class loses as many channels, so equal parts stay equal
     classes: Tensor | None = None

@@ -96,5 +96,5 @@ def _groups_of(model: nn.Module, rnn_name: str, rnn: nn.RNNBase, names: Mapping[
             offset = torch.arange(hidden) + direction * hidden
             members += [Member(p, 1, units, produces=False, positions=offset) for p in reading]
             name = f"{prefix}l{layer}{suffix}"
-            groups.append(ChannelGroup(name, hidden, members, tie=rnn_name, module=rnn_name, modules=[rnn_name]))
+            groups.append(ChannelGroup(name, hidden, members, tie=rnn_name, modules=[rnn_name]))
     return groups

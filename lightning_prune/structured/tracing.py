@@ -99,7 +99,8 @@ def layer_groups(
                 raise Unsupported(problem)
             groups.append(builder.build(group))
         except Unsupported as reason:
-            skipped.append(SkippedGroup(name, builder.producers or [name], str(reason)))
+            producers = builder.producers or list(dict.fromkeys(owner(p) or p for p in producing))
+            skipped.append(SkippedGroup(name, producers, str(reason)))
     return groups, skipped
 
 
@@ -126,8 +127,8 @@ def _all_groups(
         visited.update(id(m) for m in outputs)
         if any(m in ignored for m in outputs):  # the classifier's classes are never cut
             continue
-        shuffled = "its channels go through a channel shuffle (a reshape that splits the channels)"
-        yield module, group, shuffled if guard.reached else None
+        opaque = "its channels go through a reshape torch-pruning cannot follow (a channel shuffle)"
+        yield module, group, opaque if guard.reached else None
 
 
 def _producing_parameters(group: "tp.Group", names: dict[int, str]) -> list[str]:
@@ -176,7 +177,6 @@ class _GroupBuilder:
             self.name,
             self.size,
             self.members,
-            module=self.name,
             modules=self.producers or [self.name],
             classes=classes,
             units=units,
