@@ -249,6 +249,24 @@ def test_a_grouped_convolution_loses_as_many_channels_in_every_group():
         assert close(call(model, inputs), call(compact.eval(), inputs))
 
 
+def test_a_layer_norm_over_an_images_channels_ignores_the_masked_ones():
+    from torchvision.models.convnext import LayerNorm2d  # ConvNeXt's: permutes the channels last, normalises them
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), LayerNorm2d(8), nn.GELU(), nn.Conv2d(8, 6, 3, padding=1),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 5),
+    ).eval()  # fmt: skip
+    inputs = images()
+    found = plan(model, [inputs], default_roots(model), classifier_name(model))
+    assert not found.skipped and any(g.norms for g in found.groups)
+    mask_channels(model, found.groups, pick_channels(found.groups))
+    compact = compact_copy(model, inputs)
+    assert compact[1].normalized_shape == (4,)
+    with torch.no_grad():
+        assert close(call(model, inputs), call(compact.eval(), inputs))
+
+
 # -- training ---------------------------------------------------------------------------------------------------
 
 

@@ -39,13 +39,24 @@ class AliveChannelNorm:
         alive = self.alive(x.device)
         weight = None if module.weight is None else module.weight.index_select(0, alive)
         bias = None if module.bias is None else module.bias.index_select(0, alive)
-        if isinstance(module, nn.LayerNorm):
-            dim = x.dim() - 1
-            kept = F.layer_norm(x.index_select(dim, alive), (len(alive),), weight, bias, module.eps)
-        else:
-            dim = 1
+        dim = channel_dim(module, x)
+        if isinstance(module, nn.GroupNorm):
             kept = F.group_norm(x.index_select(dim, alive), module.num_groups, weight, bias, module.eps)
+        else:
+            last = x.movedim(dim, -1).index_select(-1, alive)
+            kept = F.layer_norm(last, (len(alive),), weight, bias, module.eps).movedim(-1, dim)
         return x.new_zeros(x.shape).index_copy(dim, alive, kept)
+
+
+def channel_dim(norm: nn.Module, x: Tensor) -> int:
+    """Where the norm's channels are in its input: 1 for a GroupNorm, the last dimension for a LayerNorm; a
+    LayerNorm subclass with a forward of its own (torchvision's LayerNorm2d permutes an image's channels to the end)
+    takes channels-first images."""
+    if isinstance(norm, nn.GroupNorm):
+        return 1
+    if type(norm).forward is nn.LayerNorm.forward or x.dim() < 3 or x.shape[1] != norm_width(norm):
+        return x.dim() - 1
+    return 1
 
 
 def norm_hook(module: nn.Module) -> AliveChannelNorm | None:

@@ -13,11 +13,16 @@ every other group is traced as usual.
 """
 
 import contextlib
+import math
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 from torch.overrides import TorchFunctionMode
 from torch_pruning.dependency import index_mapping
+
+# the most features a group's channels may flatten into (VGG's 512 x 7 x 7 = 25088 is far below)
+MAX_INDICES = 1 << 18
 
 
 class _ShapeRecorder(TorchFunctionMode):
@@ -50,6 +55,14 @@ def splits_channels(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
     )
 
 
+def flattens(before: tuple[int, ...], after: tuple[int, ...]) -> bool:
+    """A reshape between channels (with trailing dimensions) and one feature dimension: ``(n, c, h, w) <-> (n,
+    c * h * w)``, the flattening before a classifier (or its reverse), which torch-pruning maps."""
+    if len(before) < len(after):
+        before, after = after, before
+    return len(after) == 2 and len(before) > 2 and before[0] == after[0] and math.prod(before[1:]) == after[1]
+
+
 class ReshapeGuard:
     """Keeps torch-pruning out of the reshapes it cannot follow, and tells when a group reached one."""
 
@@ -68,22 +81,51 @@ class ReshapeGuard:
         original = index_mapping.update_reshape_index_mapping
 
         def update(graph: Any, node: Any) -> None:
+            shapes = self.shapes.get(node.grad_fn)
             if node not in self.opaque:
-                if splits_channels(*self.shapes.get(node.grad_fn, ((), ()))):
+                if shapes is not None and splits_channels(*shapes):
                     self.opaque.append(node)
                 else:
                     try:
                         original(graph, node)
                     except ZeroDivisionError:
                         self.opaque.append(node)
+                    if shapes is not None and not flattens(*shapes):
+                        self._keep_indices(node)
             for opaque in self.opaque:
                 self._stop_at(opaque)
 
+        flatten = index_mapping._FlattenIndexMapping.__call__
+
+        def bounded(mapping: Any, indices: list) -> list:
+            # a flatten mapping torch-pruning got wrong multiplies the indices at every reshape: give up on the group
+            if not mapping.reverse and len(indices) * mapping._stride > MAX_INDICES:
+                raise RuntimeError(f"its channels would map to over {MAX_INDICES} features through a reshape")
+            return flatten(mapping, indices)
+
         index_mapping.update_reshape_index_mapping = update
+        index_mapping._FlattenIndexMapping.__call__ = bounded
         try:
-            yield
+            with warnings.catch_warnings():
+                # torch-pruning's channel inference gives up on deep reshape chains (Swin's windows), loudly
+                warnings.filterwarnings("ignore", message="Maximum recursive depth reached")
+                yield
         finally:
             index_mapping.update_reshape_index_mapping = original
+            index_mapping._FlattenIndexMapping.__call__ = flatten
+
+    @staticmethod
+    def _keep_indices(node: Any) -> None:
+        """torch-pruning maps indices across a reshape as if it flattened channels into features whenever the
+        channel counts it infers on the two sides differ. A reshape that moves no channel into features (a Swin
+        window partition keeps channels last) gets no such mapping: indices pass unchanged, and the check by doing
+        tells whether that was right; a wrong flatten mapping multiplies the indices at every such reshape."""
+        for neighbour in (*node.inputs, *node.outputs, node):
+            for dependency in neighbour.dependencies:
+                if (dependency.target is node or neighbour is node) and isinstance(
+                    dependency.index_mapping[0], index_mapping._FlattenIndexMapping
+                ):
+                    dependency.index_mapping[0] = None
 
     def _stop_at(self, node: Any) -> None:
         for neighbour in (*node.inputs, *node.outputs):
