@@ -1,9 +1,10 @@
 """Checkpoints of physically shrunk models: resize a full-size module to a checkpoint's shapes, then load it.
 
 A structurally pruned run saves smaller layers than the module's constructor builds. Loading needs the shapes first:
-:func:`match_architecture` resizes Conv / Linear / normalisation / recurrent layers to the saved tensors (the values
-come from the state dict afterwards), :func:`load_pruned` does both for any module, and the callback installs a
-resizing ``on_load_checkpoint`` on the user's module so that ``fit(ckpt_path=...)`` resumes a shrunk run.
+:func:`match_architecture` resizes every parameter and buffer to the saved tensors, and the layers' size attributes
+with them (the values come from the state dict afterwards; :func:`fit_attributes` serves physical removal too),
+:func:`load_pruned` does both for any module, and the callback installs a resizing ``on_load_checkpoint`` on the
+user's module so that ``fit(ckpt_path=...)`` resumes a shrunk run.
 """
 
 from collections.abc import Callable, Mapping
@@ -13,16 +14,19 @@ from typing import Any, TypeVar
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.layers import CONV_LAYERS, NORM_LAYERS
+from lightning_prune.layers import CONV_LAYERS, WIDTH_ATTRIBUTES
 
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 _RESIZER = "_lightning_prune_resizer"
 
 
 def match_architecture(model: nn.Module, state_dict: Mapping[str, Tensor], prefix: str = "") -> list[str]:
-    """Resize layers so ``state_dict`` (from a shrunk model) loads into ``model``; return the resized layers' names.
+    """Resize layers so ``state_dict`` (from a shrunk model) loads into ``model``; return the resized modules' names.
 
-    Only shapes change; the values come from the state dict when it is loaded.
+    Every parameter and buffer whose saved shape differs takes that shape, and each resized layer's size attributes
+    follow (``out_channels``, ``groups`` of a depthwise convolution, ``embed_dim`` and ``head_dim`` of attention,
+    ``hidden_size`` of recurrent layers, ...). Only shapes change; the values come from the state dict when it is
+    loaded.
 
     Example:
         >>> big, small = nn.Linear(8, 4), nn.Linear(8, 2)
@@ -35,15 +39,27 @@ def match_architecture(model: nn.Module, state_dict: Mapping[str, Tensor], prefi
     resized = []
     for name, module in model.named_modules():
         key = f"{prefix}{name}." if name else prefix
-        if isinstance(module, nn.RNNBase):
-            changed = _resize_recurrent(module, state_dict, key)
-        elif isinstance(module, (*CONV_LAYERS, nn.Linear, *NORM_LAYERS)):
-            changed = _resize_layer(module, state_dict, key)
-        else:
-            continue
+        depthwise = is_depthwise(module)
+        changed = False
+        for attr, tensor in [*module._parameters.items(), *module._buffers.items()]:
+            saved = state_dict.get(f"{key}{attr}")
+            if tensor is not None and saved is not None and saved.shape != tensor.shape:
+                _replace(module, attr, saved.shape)
+                changed = True
         if changed:
+            fit_attributes(module, depthwise)
             resized.append(name)
+    fit_width_attributes(model)
     return resized
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A convolution with one filter per input channel: its channels go with its input channels."""
+    return (
+        isinstance(module, CONV_LAYERS)
+        and module.groups > 1
+        and module.groups == module.in_channels == module.out_channels
+    )
 
 
 def _replace(module: nn.Module, attr: str, shape: torch.Size) -> None:
@@ -55,38 +71,57 @@ def _replace(module: nn.Module, attr: str, shape: torch.Size) -> None:
         setattr(module, attr, new)
 
 
-def _resize_layer(module: nn.Module, state_dict: Mapping[str, Tensor], key: str) -> bool:
-    weight = state_dict.get(f"{key}weight")
-    if weight is None or getattr(module, "weight", None) is None or weight.shape == module.weight.shape:
-        return False
-    for attr in ("weight", "bias", "running_mean", "running_var"):
-        saved = state_dict.get(f"{key}{attr}")
-        if saved is not None and getattr(module, attr, None) is not None:
-            _replace(module, attr, saved.shape)
-    if isinstance(module, nn.Linear):
+def fit_attributes(module: nn.Module, depthwise: bool = False) -> None:
+    """Make a layer's size attributes agree with its (resized) parameters. ``depthwise``: the convolution was
+    depthwise before (one filter per input channel), so its ``groups`` follow its channels."""
+    weight = getattr(module, "weight", None)
+    if isinstance(module, CONV_LAYERS):
+        module.out_channels = weight.shape[0]
+        if depthwise:
+            module.groups = module.in_channels = weight.shape[0]
+        else:
+            module.in_channels = weight.shape[1] * module.groups
+    elif isinstance(module, nn.Linear):
         module.out_features, module.in_features = weight.shape
     elif isinstance(module, nn.modules.batchnorm._NormBase):
-        module.num_features = weight.shape[0]
-    elif isinstance(module, nn.LayerNorm):
-        module.normalized_shape = tuple(weight.shape)
-    elif isinstance(module, nn.GroupNorm):
+        reference = weight if weight is not None else module.running_mean
+        if reference is not None:
+            module.num_features = reference.shape[0]
+    elif isinstance(module, nn.LayerNorm) and weight is not None:
+        module.normalized_shape = (*module.normalized_shape[:-1], weight.shape[-1])
+    elif isinstance(module, nn.GroupNorm) and weight is not None:
         module.num_channels = weight.shape[0]
-    elif isinstance(module, CONV_LAYERS):
-        module.out_channels, module.in_channels = weight.shape[0], weight.shape[1] * module.groups
-    return True
+    elif isinstance(module, nn.Embedding):
+        module.num_embeddings, module.embedding_dim = weight.shape
+    elif isinstance(module, nn.PReLU):
+        module.num_parameters = weight.numel()
+    elif isinstance(module, nn.MultiheadAttention):
+        _fit_attention(module)
+    elif isinstance(module, nn.RNNBase):
+        module.hidden_size = module.weight_hh_l0.shape[1]
+        module.input_size = module.weight_ih_l0.shape[1]
+        module._init_flat_weights()
 
 
-def _resize_recurrent(rnn: nn.RNNBase, state_dict: Mapping[str, Tensor], key: str) -> bool:
-    saved_hh = state_dict.get(f"{key}weight_hh_l0")
-    if saved_hh is None or saved_hh.shape == rnn.weight_hh_l0.shape:
-        return False
-    for param_name in rnn._flat_weights_names:
-        saved = state_dict.get(f"{key}{param_name}")
-        if saved is not None:
-            _replace(rnn, param_name, saved.shape)
-    rnn.hidden_size = saved_hh.shape[1]
-    rnn._init_flat_weights()
-    return True
+def _fit_attention(attention: nn.MultiheadAttention) -> None:
+    """nn.MultiheadAttention's projections are ``embed_dim`` wide inside and out; its heads keep their number."""
+    if attention.in_proj_weight is not None:
+        attention.embed_dim = attention.in_proj_weight.shape[1]
+        attention.kdim = attention.vdim = attention.embed_dim
+    else:
+        attention.embed_dim = attention.q_proj_weight.shape[0]
+        attention.kdim, attention.vdim = attention.k_proj_weight.shape[1], attention.v_proj_weight.shape[1]
+    attention.head_dim = attention.embed_dim // attention.num_heads
+
+
+def fit_width_attributes(model: nn.Module) -> None:
+    """Set the plain width attributes of :data:`~lightning_prune.layers.WIDTH_ATTRIBUTES` modules to their
+    parameters' sizes (e.g. a VisionTransformer's ``hidden_dim``)."""
+    for module in model.modules():
+        for attr, (param, dim) in WIDTH_ATTRIBUTES.get(type(module).__name__, {}).items():
+            tensor = module.get_parameter(param) if hasattr(module, attr) else None
+            if tensor is not None:
+                setattr(module, attr, tensor.shape[dim])
 
 
 def _state_dict_of(checkpoint: Any) -> dict[str, Tensor]:

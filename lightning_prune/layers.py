@@ -16,10 +16,19 @@ CONV_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 WEIGHTED_LAYERS = (*CONV_LAYERS, nn.Linear)
 RECURRENT_LAYERS = (nn.RNNBase,)
 RECURRENT_WEIGHTS = ("weight_ih_l", "weight_hh_l")
+ATTENTION_LAYERS = (nn.MultiheadAttention,)
+# the projections of an attention layer: packed (query, key and value in one) or separate
+ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
 # per-channel affine parameters called "weight" that remove none of a layer's multiply-accumulates when zeroed
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
-# layers whose parameters hold slices of prunable channels: structured mode masks them
-CHANNEL_LAYERS = (*WEIGHTED_LAYERS, nn.LSTM, nn.modules.batchnorm._BatchNorm)
+# normalisations whose statistics span channels: a zero channel changes every other channel's output
+CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm)
+# modules (by class name, so that no model library is imported) that keep a width in a plain attribute their forward
+# reads: attribute -> (parameter, dim) whose size it equals. Structured pruning updates them when channels go.
+WIDTH_ATTRIBUTES: dict[str, dict[str, tuple[str, int]]] = {
+    # torchvision's VisionTransformer reshapes the patch embedding to `hidden_dim` channels
+    "VisionTransformer": {"hidden_dim": ("conv_proj.weight", 0)},
+}
 
 
 def classifier_name(model: nn.Module) -> str | None:
@@ -34,8 +43,9 @@ def classifier_name(model: nn.Module) -> str | None:
 
 
 def default_prunable(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Conv*d / Linear weights but the classifier's, and every ``weight_ih_l*`` / ``weight_hh_l*`` of LSTM/GRU/RNN
-    layers; no biases, normalisation layers or embeddings. A weight shared by two modules is listed once."""
+    """Conv*d / Linear weights but the classifier's, the projections of ``nn.MultiheadAttention``, and every
+    ``weight_ih_l*`` / ``weight_hh_l*`` of LSTM/GRU/RNN layers; no biases, normalisation layers or embeddings. A weight
+    shared by two modules is listed once."""
     classifier = classifier_name(model)
     chosen: dict[str, nn.Parameter] = {}
     seen: set[int] = set()
@@ -45,6 +55,8 @@ def default_prunable(model: nn.Module) -> dict[str, nn.Parameter]:
             candidates = [("weight", module.weight)]
         elif isinstance(module, RECURRENT_LAYERS):
             candidates = [(n, p) for n, p in module.named_parameters(recurse=False) if n.startswith(RECURRENT_WEIGHTS)]
+        elif isinstance(module, ATTENTION_LAYERS):
+            candidates = [(n, p) for n, p in module.named_parameters(recurse=False) if n in ATTENTION_WEIGHTS]
         else:
             continue
         for name, weight in candidates:
@@ -102,6 +114,11 @@ def prunable_weights(
     return chosen
 
 
+def excluded_names(model: nn.Module, exclude: Sequence[str] | None) -> list[str]:
+    """The parameters ``exclude`` (glob patterns) matches: never to be cut, whatever they are coupled to."""
+    return [n for n, _ in model.named_parameters() if any(fnmatch(n, pattern) for pattern in exclude or ())]
+
+
 def owner_names(weight_names: Iterable[str]) -> list[str]:
     """The modules that own the given parameters (``"conv1.weight"`` -> ``"conv1"``), in order, once each."""
     owners: list[str] = []
@@ -113,13 +130,11 @@ def owner_names(weight_names: Iterable[str]) -> list[str]:
 
 
 def channel_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Every parameter of a :data:`CHANNEL_LAYERS` layer, by name: what structured mode masks and slices."""
-    owned = {}
-    for module_name, module in model.named_modules():
-        if isinstance(module, CHANNEL_LAYERS):
-            prefix = f"{module_name}." if module_name else ""
-            owned.update({prefix + n: p for n, p in module.named_parameters(recurse=False)})
-    return owned
+    """Every parameter that a channel can own a slice of, by name: what structured mode masks and slices.
+
+    That is every parameter: besides the layers' own, a channel runs through embeddings, normalisations, attention
+    projections and parameters held by other modules (a ViT's class token and position embedding)."""
+    return dict(model.named_parameters())
 
 
 @torch.no_grad()

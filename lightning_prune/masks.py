@@ -40,6 +40,9 @@ class PrunedView(MutableMapping):
         else:
             self.masks.keep.pop(name, None)
 
+    def __contains__(self, name: object) -> bool:
+        return name in self.masks.weights
+
     def __delitem__(self, name: str) -> None:
         raise TypeError("masks cannot be removed; set them to all False instead")
 

@@ -1,48 +1,86 @@
 """Channel groups: everything that must shrink together when one channel goes.
 
 A group holds a convolution's output channel, its bias, the batch-norm entry after it, the next layers' input
-channels, and every layer tied to it by a residual addition. torch-pruning's DependencyGraph finds these groups for
-convolutional and fully connected networks; recurrent hidden units have their own groups (``rnn.py``).
+channels, and every layer tied to it by a residual addition; through a transformer's stream also the embedding,
+the layer norms, the attention projections and parameters such as a class token. ``tracing.py`` builds these groups
+from torch-pruning's DependencyGraph; recurrent hidden units have their own groups (``rnn.py``).
+
+Some layers add rules on top of "these slices go together": a grouped convolution, a GroupNorm and the heads of an
+attention layer split the channels into equal parts that must stay equal (``classes``: every class loses as many
+channels), a grouped convolution reading the channels binds one channel of each of its groups together (``units``),
+and a LayerNorm / GroupNorm mixes the channels in its statistics (``norms``: masked channels are normalised away).
 """
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch_pruning as tp
 from torch import Tensor, nn
 
-from lightning_prune.inputs import Inputs, as_tuple
-from lightning_prune.layers import CONV_LAYERS, RECURRENT_LAYERS, WEIGHTED_LAYERS
+
+class Unsupported(Exception):
+    """A group that structured pruning cannot remove exactly; the message says why."""
 
 
 @dataclass
 class Member:
     """One parameter slice that belongs to a group: ``param`` along ``dim``; ``channel[i]`` is the group channel
-    that position ``i`` of that dimension belongs to (a flattened conv output feeds many fc inputs per channel)."""
+    that position ``positions[i]`` of that dimension belongs to (a flattened conv output feeds many fc inputs per
+    channel). ``positions`` None: the positions are ``0 .. len(channel) - 1``, the whole dimension."""
 
     param: str
     dim: int
     channel: Tensor
     produces: bool  # True: the slice computes the channel (zero it and the channel is zero); False: it consumes it
+    positions: Tensor | None = None
+
+    def index(self) -> Tensor:
+        """The positions along ``dim`` this member covers, in the order of ``channel``."""
+        return self.positions if self.positions is not None else torch.arange(len(self.channel))
 
 
 @dataclass
 class ChannelGroup:
     """Channels that are removed together, with the parameter slices that go with each.
 
-    ``module`` is the name of the layer whose output channels these are (for a recurrent group, the RNN module, with
-    ``layer`` its layer index); ``root`` is torch-pruning's root layer (None for recurrent groups).
+    ``name`` is torch-pruning's root layer (or ``"<rnn>.l<layer>[_reverse]"`` for a recurrent layer's units);
+    ``modules`` every layer (or parameter) that produces the channels, for messages.
     """
 
     name: str
     size: int
     members: list[Member] = field(default_factory=list)
-    root: nn.Module | None = None
     # groups with the same tie lose the same number of channels (the layers of one nn.LSTM share a hidden size)
     tie: str | None = None
-    module: str = ""
-    layer: int | None = None
+    modules: list[str] = field(default_factory=list)
+    # class of each channel (None: one class): every class loses as many channels, so equal parts stay equal
+    classes: Tensor | None = None
+    # unit of each channel (None: every channel its own): a unit's channels are removed together
+    units: Tensor | None = None
+    # buffers sliced with the channels but never masked (batch-norm running statistics); `param` is the buffer
+    buffers: list[Member] = field(default_factory=list)
+    # LayerNorm / GroupNorm layers whose statistics span these channels; `param` is the module's name
+    norms: list[Member] = field(default_factory=list)
+
+    def class_of(self) -> Tensor:
+        return self.classes if self.classes is not None else torch.zeros(self.size, dtype=torch.long)
+
+    def unit_of(self) -> Tensor:
+        return self.units if self.units is not None else torch.arange(self.size)
+
+
+@dataclass
+class SkippedGroup:
+    """A group left out of pruning: the layers whose channels it holds, and why."""
+
+    name: str
+    modules: list[str]
+    reason: str
+
+    def message(self) -> str:
+        shown = ", ".join(repr(m) for m in self.modules[:6])
+        more = f" and {len(self.modules) - 6} more" if len(self.modules) > 6 else ""
+        return f"structured pruning leaves the output channels of {shown}{more} unpruned: {self.reason}"
 
 
 def parameter_names(model: nn.Module) -> dict[int, str]:
@@ -50,82 +88,52 @@ def parameter_names(model: nn.Module) -> dict[int, str]:
     return {id(p): name for name, p in model.named_parameters()}
 
 
-def _tp_members(group: "tp.Group", names: dict[int, str]) -> list[Member]:
-    """Translate a torch-pruning group into parameter slices."""
-    members = []
-    for item in group:
-        dep, idxs = item.dep, item.idxs
-        module = dep.target.module
-        if not isinstance(module, nn.Module) or not any(True for _ in module.parameters(recurse=False)):
-            continue  # element-wise ops, reshapes: nothing to slice
-        handler = dep.handler.__name__
-        channel = torch.as_tensor(item.root_idxs, dtype=torch.long)
-        order = torch.as_tensor(idxs, dtype=torch.long).argsort()
-        channel = channel[order]  # position i along the dimension belongs to root channel channel[i]
-        if isinstance(module, CONV_LAYERS) and module.groups == 1 and not module.transposed:
-            pass
-        elif not isinstance(module, (nn.Linear, nn.modules.batchnorm._BatchNorm)):
-            raise NotImplementedError(
-                f"structured pruning handles Conv (groups=1), Linear, BatchNorm and LSTM layers; "
-                f"{type(module).__name__} is coupled to a prunable channel"
-            )
-        if handler == "prune_out_channels":
-            members.append(Member(names[id(module.weight)], 0, channel, produces=True))
-            if getattr(module, "bias", None) is not None:
-                members.append(Member(names[id(module.bias)], 0, channel, produces=True))
-        elif handler == "prune_in_channels":
-            members.append(Member(names[id(module.weight)], 1, channel, produces=False))
-        else:
-            raise NotImplementedError(f"unexpected torch-pruning handler {handler} on {type(module).__name__}")
-    return members
+def owner(name: str) -> str:
+    """The module that holds a parameter (``"conv1.weight"`` -> ``"conv1"``)."""
+    return name.rsplit(".", 1)[0] if "." in name else ""
 
 
-class _EvalMode:
-    """Tracing runs a forward pass: in eval mode, so batch-norm statistics and dropout are left alone."""
+def combine_partitions(size: int, partitions: Sequence[Tensor]) -> Tensor | None:
+    """One class per combination of parts: each part of each partition (a part id per channel) then loses as many
+    channels when every class does. None when there is no partition.
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.modes = {module: module.training for module in self.model.modules()}
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        for module, training in self.modes.items():
-            module.training = training
-
-
-def trace(model: nn.Module, example_input: Inputs) -> "tp.DependencyGraph":
-    """torch-pruning's dependency graph of ``model`` (recurrent layers left to our own groups)."""
-    recurrent = [m for m in model.modules() if isinstance(m, RECURRENT_LAYERS)]
-    # torch-pruning traces through autograd: allow it even when called under no_grad / inference_mode
-    with _EvalMode(model), torch.inference_mode(False), torch.enable_grad():
-        return tp.DependencyGraph().build_dependency(
-            model,
-            example_inputs=as_tuple(example_input),
-            forward_fn=lambda m, x: m(*x),
-            ignored_layers=recurrent,
-            verbose=False,
-        )
+    Raises:
+        Unsupported: The classes differ in size (the parts overlap unevenly), so no removal keeps them all equal.
+    """
+    if not partitions:
+        return None
+    combined = torch.stack(list(partitions), dim=1)
+    _, classes = torch.unique(combined, dim=0, return_inverse=True)
+    counts = torch.bincount(classes)
+    if len(set(counts.tolist())) > 1:
+        raise Unsupported("its channels are split into parts (groups, heads) that overlap unevenly")
+    return classes
 
 
-def layer_groups(
-    model: nn.Module, graph: "tp.DependencyGraph", roots: Sequence[str], classifier: str | None
-) -> list[ChannelGroup]:
-    """The conv / linear groups of a traced model whose root layer is one of ``roots`` (module names); the
-    classifier's output channels (the classes) are never a group, but its inputs shrink with the layer before it."""
-    modules = dict(model.named_modules())
-    names = parameter_names(model)
-    root_ids = {id(modules[r]) for r in roots if isinstance(modules.get(r), WEIGHTED_LAYERS)}
-    ignored = [m for m in model.modules() if isinstance(m, RECURRENT_LAYERS)]
-    ignored += [modules[classifier]] if classifier else []
-    module_names = {id(m): n for n, m in model.named_modules()}
-    groups = []
-    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=WEIGHTED_LAYERS):
-        root = group[0].dep.target.module
-        # a residual group has several convs; it is prunable when its root is
-        if id(root) not in root_ids:
-            continue
-        name = module_names[id(root)]
-        groups.append(ChannelGroup(name, len(group[0].idxs), _tp_members(group, names), root, module=name))
-    return groups
+def bind_units(size: int, ties: Sequence[Sequence[int]]) -> Tensor | None:
+    """A unit id per channel: channels in one tie (transitively) share a unit. None when nothing is tied."""
+    if not ties:
+        return None
+    parent = list(range(size))
+
+    def root(c: int) -> int:
+        while parent[c] != c:
+            parent[c] = parent[parent[c]]
+            c = parent[c]
+        return c
+
+    for tie in ties:
+        for channel in tie[1:]:
+            parent[root(channel)] = root(tie[0])
+    _, units = torch.unique(torch.tensor([root(c) for c in range(size)]), return_inverse=True)
+    return units
+
+
+def check_units_fit_classes(units: Tensor, classes: Tensor | None) -> None:
+    """Removing whole units keeps the classes equal when every unit has as many channels in each class."""
+    if classes is None:
+        return
+    per_unit = torch.zeros(int(units.max()) + 1, int(classes.max()) + 1, dtype=torch.long)
+    per_unit.index_put_((units, classes), torch.ones_like(units), accumulate=True)
+    if (per_unit != per_unit[:, :1]).any():
+        raise Unsupported("a grouped convolution reads these channels in parts that another layer splits differently")

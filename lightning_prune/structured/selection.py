@@ -12,42 +12,74 @@ from torch import Tensor
 
 from lightning_prune.structured.groups import ChannelGroup, Member
 
+# per-position reductions of named tensors, computed once per (tensor, dim, reduction) for all groups of one call
+Cache = dict[tuple[str, int, str], Tensor]
+
+
+def along(tensor: Tensor, dim: int, reduce: str) -> Tensor:
+    """One value per position along ``dim``: ``tensor`` reduced over every other dimension, by "sum", "abs_sum" or
+    "all"."""
+    if reduce == "abs_sum":
+        tensor = tensor.detach().abs()
+    others = [d for d in range(tensor.dim()) if d != dim % tensor.dim()]
+    if not others:
+        return tensor
+    return tensor.all(dim=others) if reduce == "all" else tensor.sum(dim=others)
+
+
+def _along(cache: Cache | None, name: str, tensor: Tensor, dim: int, reduce: str) -> Tensor:
+    key = (name, dim, reduce)
+    if cache is not None and key in cache:
+        return cache[key]
+    value = along(tensor, dim, reduce).cpu()
+    if cache is not None:
+        cache[key] = value
+    return value
+
 
 def _per_channel(group: ChannelGroup, per_position: Callable[[Member], Tensor | None]) -> Tensor:
-    """Sum a per-position quantity of every member into the group's channels."""
+    """Sum a per-position quantity of every member (over its whole dimension) into the group's channels."""
     total = torch.zeros(group.size, dtype=torch.float64)
     for member in group.members:
         values = per_position(member)
         if values is not None:
-            total.index_add_(0, member.channel, values.double().cpu())
+            total.index_add_(0, member.channel, values.double()[member.index()])
     return total
 
 
-def channel_scores(group: ChannelGroup, saliency: Mapping[str, Tensor]) -> Tensor:
+def channel_scores(group: ChannelGroup, saliency: Mapping[str, Tensor], cache: Cache | None = None) -> Tensor:
     """A group's channel saliency: the sum of its members' saliency over each channel's slices."""
 
     def per_position(member: Member) -> Tensor | None:
         values = saliency.get(member.param)
-        if values is None:
-            return None
-        return values.detach().abs().transpose(0, member.dim).reshape(values.shape[member.dim], -1).sum(1)
+        return None if values is None else _along(cache, member.param, values, member.dim, "abs_sum")
 
     return _per_channel(group, per_position)
 
 
-def channel_cost(group: ChannelGroup, weights: Mapping[str, Tensor]) -> Tensor:
-    """How many prunable-weight entries each channel of the group holds (what removing it saves)."""
+def channel_cost(
+    group: ChannelGroup,
+    weights: Mapping[str, Tensor],
+    pruned: Mapping[str, Tensor] | None = None,
+    cache: Cache | None = None,
+) -> Tensor:
+    """How many prunable-weight entries each channel of the group holds that are not cut yet (``pruned``): what
+    removing it saves."""
 
     def per_position(member: Member) -> Tensor | None:
         weight = weights.get(member.param)
         if weight is None:
             return None
-        return torch.full((weight.shape[member.dim],), float(weight.numel() // weight.shape[member.dim]))
+        per_slice = weight.numel() // weight.shape[member.dim]
+        cut = (pruned or {}).get(member.param)
+        if cut is None:
+            return torch.full((weight.shape[member.dim],), float(per_slice))
+        return per_slice - _along(cache, member.param, cut, member.dim, "sum")
 
     return _per_channel(group, per_position)
 
 
-def removed_channels(group: ChannelGroup, pruned: Mapping[str, Tensor]) -> Tensor:
+def removed_channels(group: ChannelGroup, pruned: Mapping[str, Tensor], cache: Cache | None = None) -> Tensor:
     """Boolean per channel: every producing slice of it is masked."""
     gone = torch.ones(group.size, dtype=torch.bool)
     any_producer = False
@@ -55,12 +87,52 @@ def removed_channels(group: ChannelGroup, pruned: Mapping[str, Tensor]) -> Tenso
         if not member.produces or member.param not in pruned:
             continue
         any_producer = True
-        mask = pruned[member.param]
-        per_position = mask.transpose(0, member.dim).reshape(mask.shape[member.dim], -1).all(1).cpu()
+        per_position = _along(cache, member.param, pruned[member.param], member.dim, "all")
         channel_done = torch.ones(group.size, dtype=torch.int32)
-        channel_done.scatter_reduce_(0, member.channel, per_position.int(), "amin")
+        channel_done.scatter_reduce_(0, member.channel, per_position[member.index()].int(), "amin")
         gone &= channel_done.bool()
     return gone if any_producer else torch.zeros(group.size, dtype=torch.bool)
+
+
+# a way to cut: its key (saliency per weight saved, lower goes first), its cost in weights, and per group the
+# channels it removes
+Candidate = tuple[float, float, list[tuple[int, list[int]]]]
+
+
+def _ranked_steps(
+    group: ChannelGroup, score: Tensor, cost: Tensor, removed: Tensor, mean_cost: float, keep: int, normalize: bool
+) -> list[tuple[float, float, list[int]]]:
+    """A group's cuts from cheapest to dearest, each one unit per class (the r-th cheapest of each class), so every
+    class loses as many; only as many as leave ``keep`` channels, and one unit per class."""
+    units, classes = group.unit_of(), group.class_of()
+    count = int(units.max()) + 1
+    unit_score = torch.zeros(count, dtype=torch.float64).index_add_(0, units, score.double())
+    unit_cost = torch.zeros(count, dtype=torch.float64).index_add_(0, units, cost.double())
+    unit_alive = torch.zeros(count, dtype=torch.bool).index_fill_(0, units[~removed], True)
+    unit_class = torch.zeros(count, dtype=torch.long).scatter_(0, units, classes)
+    alive_scores = score[~removed].double()
+    scale = alive_scores.mean() if normalize and alive_scores.numel() else 1.0
+    normalised = unit_score / scale if scale > 0 else torch.zeros_like(unit_score)
+    per_weight = normalised / (unit_cost / mean_cost).clamp(min=1e-12)
+    n_classes = int(unit_class.max()) + 1
+    per_class_keep = max(1, math.ceil(keep / (n_classes * (group.size // count))))
+    orders = []
+    for c in range(n_classes):
+        alive = (unit_alive & (unit_class == c)).nonzero().squeeze(1)
+        orders.append(alive[per_weight[alive].argsort()])
+    depth = min(len(o) for o in orders) - per_class_keep
+    if depth <= 0:
+        return []
+    # rank r: the r-th unit of every class, with its key (mean saliency per weight), cost, and channels
+    picks = torch.stack([o[:depth] for o in orders], dim=1)
+    keys, costs = per_weight[picks].mean(1).tolist(), unit_cost[picks].sum(1).tolist()
+    channels_of = [[] for _ in range(count)]
+    for channel, unit in enumerate(units.tolist()):
+        channels_of[unit].append(channel)
+    return [
+        (key, step_cost, [c for unit in row for c in channels_of[unit]])
+        for key, step_cost, row in zip(keys, costs, picks.tolist(), strict=True)
+    ]
 
 
 def select_channels(
@@ -78,30 +150,24 @@ def select_channels(
     Saliency is normalised per group (each group's mean is 1, unless ``normalize_per_layer`` is False) so layers of
     different scale compete fairly, and divided by the channel's share of weights: a channel that frees many weights
     for little saliency goes first, one that frees few (an input convolution's filter) is protected. Every group
-    keeps at least ``max(1, ceil(min_layer_density * size))`` channels. Tied groups (the layers of one nn.LSTM, which
-    share one hidden size) lose channels together, the r-th cheapest of each at once, so the removal really shrinks
-    them.
+    keeps at least ``max(1, ceil(min_layer_density * size))`` channels. A group's rules hold: its units go whole and
+    every class (a grouped convolution's groups, a GroupNorm's groups, an attention layer's heads) loses as many,
+    one step taking the r-th cheapest unit of every class. Tied groups (the layers of one nn.LSTM, which share one
+    hidden size) lose channels together, the r-th cheapest step of each at once, so the removal really shrinks them.
     """
     mean_cost = float(torch.cat(list(costs)).mean()) if costs else 1.0
-    ranked: dict[int, list[tuple[float, int, float]]] = {}
+    ranked: dict[int, list[tuple[float, float, list[int]]]] = {}
     for index, (group, score, cost, removed) in enumerate(zip(groups, scores, costs, gone, strict=True)):
-        alive = (~removed).nonzero().squeeze(1)
-        removable = len(alive) - max(1, math.ceil(min_layer_density * group.size))
-        if removable <= 0:
-            continue
-        alive_scores = score[alive]
-        scale = alive_scores.mean() if normalize_per_layer else 1.0
-        normalised = alive_scores / scale if scale > 0 else torch.zeros_like(alive_scores)
-        per_weight = normalised / (cost[alive] / mean_cost).clamp(min=1e-12)
-        order = per_weight.argsort()[:removable]
-        ranked[index] = [(float(per_weight[i]), int(alive[i]), float(cost[alive[i]])) for i in order]
-    # a candidate is one channel, or, for tied groups, the r-th cheapest channel of each of them together
-    candidates: list[tuple[float, float, list[tuple[int, int]]]] = []
+        keep = max(1, math.ceil(min_layer_density * group.size))
+        steps = _ranked_steps(group, score, cost, removed, mean_cost, keep, normalize_per_layer)
+        if steps:
+            ranked[index] = steps
+    candidates: list[Candidate] = []
     ties: dict[str, list[int]] = {}
     for index in ranked:
         tie = groups[index].tie
         if tie is None:
-            candidates += [(key, cost, [(index, channel)]) for key, channel, cost in ranked[index]]
+            candidates += [(key, cost, [(index, channels)]) for key, cost, channels in ranked[index]]
         else:
             ties.setdefault(tie, []).append(index)
     for members in ties.values():
@@ -110,18 +176,44 @@ def select_channels(
         for rank in range(min(len(ranked[i]) for i in members)):
             picks = [ranked[i][rank] for i in members]
             key = sum(p[0] for p in picks) / len(picks)
-            candidates.append((key, sum(p[2] for p in picks), [(i, p[1]) for i, p in zip(members, picks, strict=True)]))
+            candidates.append((key, sum(p[1] for p in picks), [(i, p[2]) for i, p in zip(members, picks, strict=True)]))
     candidates.sort(key=lambda c: c[0])
     chosen: dict[str, list[int]] = {}
     spent = 0.0
     for _, cost, picks in candidates:
-        # a first channel larger than the budget is still taken (up to twice the budget) rather than never pruning
-        if spent + cost > budget and not (spent == 0 and cost <= 2 * budget):
+        # a step past the budget is still taken when it overshoots by less than what is left to fill: the cut lands
+        # as near the budget as whole steps allow (a first channel larger than the budget is taken, up to twice it)
+        overshoot = spent + cost - budget
+        if overshoot > 0 and overshoot >= budget - spent:
             continue
         spent += cost
-        for index, channel in picks:
-            chosen.setdefault(groups[index].name, []).append(channel)
+        for index, channels in picks:
+            chosen.setdefault(groups[index].name, []).extend(channels)
     return {name: torch.tensor(sorted(chs), dtype=torch.long) for name, chs in chosen.items()}
+
+
+def cheapest_cut(
+    groups: Sequence[ChannelGroup],
+    weights: Mapping[str, Tensor],
+    pruned: Mapping[str, Tensor],
+    min_layer_density: float,
+) -> float:
+    """The fewest prunable weights one more cut can remove: the cheapest step of a group that can still lose one
+    (of every tied group at once); ``inf`` when none can."""
+    steps: dict[str, float] = {}
+    blocked: set[str] = set()
+    cache: Cache = {}
+    for group in groups:
+        key = group.tie or group.name
+        cost = channel_cost(group, weights, pruned, cache)
+        keep = max(1, math.ceil(min_layer_density * group.size))
+        removed = removed_channels(group, pruned, cache)
+        ranked = _ranked_steps(group, torch.zeros(group.size), cost, removed, 1.0, keep, False)
+        if not ranked:
+            blocked.add(key)  # a tied group that can lose nothing holds the others back
+            continue
+        steps[key] = steps.get(key, 0.0) + min(step_cost for _, step_cost, _ in ranked)
+    return min((c for key, c in steps.items() if key not in blocked and c > 0), default=math.inf)
 
 
 def channel_elements(group: ChannelGroup, channels: Tensor, params: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -130,7 +222,7 @@ def channel_elements(group: ChannelGroup, channels: Tensor, params: Mapping[str,
     chosen[channels] = True
     elements = {}
     for member in group.members:
-        positions = chosen[member.channel].nonzero().squeeze(1)
+        positions = member.index()[chosen[member.channel]]
         if positions.numel() == 0:
             continue
         param = params[member.param]
@@ -169,11 +261,12 @@ def select(
         Flat element indices to mask, per parameter name, of every slice of the chosen channels that is not cut yet.
     """
     pruned = pruned or {}
+    cache: Cache = {}
     chosen = select_channels(
         groups,
-        [channel_scores(g, saliency) for g in groups],
-        [channel_cost(g, weights) for g in groups],
-        [removed_channels(g, pruned) for g in groups],
+        [channel_scores(g, saliency, cache) for g in groups],
+        [channel_cost(g, weights, pruned, cache) for g in groups],
+        [removed_channels(g, pruned, cache) for g in groups],
         budget=budget,
         min_layer_density=min_layer_density,
         normalize_per_layer=normalize_per_layer,

@@ -1,12 +1,6 @@
-"""What the callback prunes with: single weights or whole channels, behind one interface.
+"""The common part of both pruners: prunable weights, sparsity, per-step upkeep, cut sizes, read-outs and state.
 
-The callback never asks which mode it runs in. It tells a pruner when a step happened (:meth:`Pruner.score`,
-:meth:`Pruner.after_step`), when a decision is due (:meth:`Pruner.before_decision`, then :meth:`Pruner.prune` or
-:meth:`Pruner.undo`) and when training ends (:meth:`Pruner.finish`); the pruner owns the masks and the saliency.
-
-- :class:`UnstructuredPruner` masks single weights, ranked globally (``masks.py``).
-- :class:`StructuredPruner` masks whole channels / hidden units with everything coupled to them, and removes them
-  physically once a cut has survived an interval (``structured/``), rebuilding the optimizer (``optim.py``).
+Also the strategies refused: those that shard the parameters.
 """
 
 import math
@@ -17,13 +11,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from lightning_prune import checkpoints, structured
+from lightning_prune import structured
 from lightning_prune.importance import Saliency
 from lightning_prune.inputs import Inputs, to_device_of
-from lightning_prune.layers import channel_parameters, classifier_name, count_nonzero, owner_names, prunable_weights
+from lightning_prune.layers import (
+    count_nonzero,
+    owner_names,
+    prunable_weights,
+)
 from lightning_prune.layers import sparsity as sparsity_of
 from lightning_prune.masks import PruningMasks
-from lightning_prune.optim import rebuild_optimizers, save_optimizers, slice_like
 from lightning_prune.profiling import FlopsMeter, profile
 
 if TYPE_CHECKING:
@@ -250,126 +247,3 @@ class Pruner:
         if "masks" in state:
             self.masks.load_state_dict(state["masks"])
             self.saliency.load_state_dict(state["saliency"])
-
-
-class UnstructuredPruner(Pruner):
-    """Single weights, lowest saliency first, globally across layers (normalised per layer unless told not to)."""
-
-    def _build_state(self) -> None:
-        named = dict(self.module.named_parameters())
-        weights = {name: named[name] for name in self.prunable}
-        self.masks = PruningMasks(weights)
-        self.saliency = Saliency(weights, self.importance, self.saliency_beta, self.saliency_every)
-
-    def select(self, count: int) -> dict[str, Tensor]:
-        return self.masks.select(self.saliency.scores(), count, self.min_layer_density, self.normalize_per_layer)
-
-
-class StructuredPruner(Pruner):
-    """Whole channels, fc neurons and LSTM hidden units, with everything coupled to them.
-
-    A cut is masked for one interval (so it can be rolled back), then removed for real at the next decision
-    (``shrink_when="during"``), or kept masked until :meth:`export` (``"end"``).
-    """
-
-    def __init__(self, *args: Any, shrink_when: str = "during", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.shrink_when = shrink_when
-        self._groups: tuple[list[structured.ChannelGroup], Any] | None = None
-        self._groups_key: tuple = ()
-
-    def setup(self, trainer: "L.Trainer", module: nn.Module) -> None:
-        if self.shrink_when == "during" and trainer.world_size > 1:
-            raise ValueError(
-                "mode='structured' with shrink_when='during' rebuilds the model while it trains, which DDP cannot "
-                "follow; use shrink_when='end' (channels masked, compacted by export) under multi-device strategies"
-            )
-        super().setup(trainer, module)
-        checkpoints.install_resize_hook(module)
-
-    def teardown(self, module: nn.Module) -> None:
-        checkpoints.remove_resize_hook(module)
-
-    def _build_state(self) -> None:
-        # a channel's slices live in weights, biases and batch-norm affine parameters
-        owned = channel_parameters(self.module)
-        self.masks = PruningMasks(owned)
-        scored = {n: p for n, p in owned.items() if n.rsplit(".", 1)[-1].startswith("weight") and p.dim() > 1}
-        self.saliency = Saliency(scored, self.importance, self.saliency_beta, self.saliency_every)
-
-    def groups(self) -> tuple[list[structured.ChannelGroup], Any]:
-        """The channel groups, traced once per model shape (again only after a shrink or a resize)."""
-        key = (id(self.module), tuple((n, tuple(p.shape)) for n, p in self.module.named_parameters()))
-        if self._groups is None or key != self._groups_key:
-            roots = owner_names(self.prunable)
-            self._groups = structured.find_groups(self.module, self.example_input, roots, classifier_name(self.module))
-            self._groups_key = key
-        return self._groups
-
-    def resolution(self) -> float:
-        """The cheapest channel's share of the prunable weights."""
-        if not self.initial_weights:
-            return 1.0
-        weights = self.prunable_now()
-        groups, _ = self.groups()
-        cheapest = min((float(structured.channel_cost(g, weights).min()) for g in groups), default=1.0)
-        return cheapest / self.initial_weights
-
-    def select(self, count: int) -> dict[str, Tensor]:
-        groups, _ = self.groups()
-        return structured.select(
-            groups,
-            self.masks.weights,
-            self.saliency.scores(),
-            self.prunable_now(),
-            budget=count,
-            min_layer_density=self.min_layer_density,
-            pruned=self.masks.pruned,
-            normalize_per_layer=self.normalize_per_layer,
-        )
-
-    def before_decision(self, trainer: "L.Trainer") -> None:
-        if self.shrink_when == "during":
-            # the previous cut survived its interval: now it can go for real
-            self.shrink(trainer)
-
-    def finish(self, trainer: "L.Trainer") -> None:
-        if self.shrink_when == "during":
-            # the last cut needs no more probation: leave fit with a compact model
-            self.shrink(trainer, rebuild_optimizer=False)
-
-    def final_model(self, module: nn.Module) -> nn.Module:
-        return self.export(module)
-
-    def shrink(self, trainer: "L.Trainer", rebuild_optimizer: bool = True) -> None:
-        """Physically remove every masked channel; carry masks, saliency and optimizer state over by slicing."""
-        groups, graph = self.groups()
-        remove = structured.removable(groups, self.masks.pruned)
-        if not remove:
-            return
-        saved = save_optimizers(trainer, self.module) if rebuild_optimizer else None
-        old_masks, old_saliency = self.masks, self.saliency
-        slices = structured.remove_channels(self.module, groups, remove, graph)
-        self._build_state()
-        for name, pruned in old_masks.pruned.items():
-            self.masks.pruned[name] = slice_like(pruned, slices.get(name, []))
-        self.saliency.updates, self.saliency.skipped = old_saliency.updates, old_saliency.skipped
-        for name, running in old_saliency.running.items():
-            self.saliency.running[name] = slice_like(running, slices.get(name, []))
-        if saved is not None:
-            rebuild_optimizers(trainer, self.module, saved, slices)
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        # the model may have been resized from the checkpoint since setup(): hold its current parameters
-        if "masks" in state:
-            self._build_state()
-        super().load_state_dict(state)
-
-
-def make_pruner(mode: str, shrink_when: str, **settings: Any) -> Pruner:
-    if mode == "structured":
-        return StructuredPruner(shrink_when=shrink_when, **settings)
-    return UnstructuredPruner(**settings)
-
-
-PRUNER_MODES = ("unstructured", "structured")

@@ -1,0 +1,240 @@
+"""Whole channels and hidden units, with everything coupled to them (``structured/``): masked for one interval, then
+removed physically, with the optimizer rebuilt (``optim.py``)."""
+
+import warnings
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_prune import checkpoints, structured
+from lightning_prune.importance import Saliency
+from lightning_prune.inputs import Inputs, to_device_of
+from lightning_prune.layers import (
+    channel_parameters,
+    classifier_name,
+    excluded_names,
+    owner_names,
+)
+from lightning_prune.masks import PruningMasks
+from lightning_prune.optim import rebuild_optimizers, save_optimizers, slice_like
+from lightning_prune.pruners.base import Pruner
+
+if TYPE_CHECKING:
+    import lightning as L
+
+
+class StructuredPruner(Pruner):
+    """Whole channels, fc neurons, attention dimensions and recurrent hidden units, with everything coupled to them.
+
+    Before the first step (:meth:`prepare`) it finds the forward target and input that run, the channel groups, and
+    the groups it must leave out (each warned about once, by layer path); only weights in a prunable group count as
+    prunable. A cut is masked for one interval (so it can be rolled back), then removed for real at the next decision
+    (``shrink_when="during"``), or kept masked until :meth:`export` (``"end"``).
+    """
+
+    def __init__(self, *args: Any, shrink_when: str = "during", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.shrink_when = shrink_when
+        self.plan: structured.Plan | None = None
+        self._groups: tuple[list[structured.ChannelGroup], Any] | None = None
+        self._groups_key: tuple = ()
+        self._narrowed = False  # prunable / initial_weights count only the weights of prunable groups
+        self._roots: list[str] = []  # the layers owning prunable weights, and the parameters never to cut
+        self._excluded: list[str] = []
+
+    def setup(self, trainer: "L.Trainer", module: nn.Module) -> None:
+        if self.shrink_when == "during" and trainer.world_size > 1:
+            raise ValueError(
+                "mode='structured' with shrink_when='during' rebuilds the model while it trains, which DDP cannot "
+                "follow; use shrink_when='end' (channels masked, compacted by export) under multi-device strategies"
+            )
+        super().setup(trainer, module)
+        self._roots, self._excluded = owner_names(self.prunable), excluded_names(module, self.exclude)
+        checkpoints.install_resize_hook(module)
+        declared = getattr(module, "example_input_array", None)
+        if torch.is_tensor(declared) or (isinstance(declared, tuple) and all(torch.is_tensor(t) for t in declared)):
+            # the module says what it takes: check it now; if that fails, the first batch's inputs get their turn
+            self._plan([declared], raise_if_empty=False)
+
+    def teardown(self, module: nn.Module) -> None:
+        checkpoints.remove_resize_hook(module)
+
+    # -- before the first step -------------------------------------------------------------------------------------
+
+    def prepare(self, candidates: list[Inputs]) -> None:
+        """Find which candidate input (and forward target) runs, trace once, check every group, warn once per group
+        left out, and count as prunable only the weights of the groups that are pruned.
+
+        Raises:
+            ValueError: Nothing at all can be pruned (the message names the layers, why, and what was tried).
+        """
+        self.candidates = candidates
+        if self.plan is None or not self.plan.groups:
+            self._plan(candidates, raise_if_empty=True)
+
+    def _plan(self, candidates: list[Inputs], raise_if_empty: bool) -> None:
+        examples = [to_device_of(self.module, c) for c in candidates]
+        plan = structured.plan(self.module, examples, self._roots, classifier_name(self.module), self._excluded)
+        if not plan.groups:
+            if raise_if_empty:
+                raise ValueError(structured.nothing_to_prune(plan))
+            return
+        self.plan, self.example_input = plan, plan.example
+        for group in plan.skipped:
+            warnings.warn(group.message(), stacklevel=3)
+        self._groups, self._groups_key = (plan.groups, None), self._shape_key()
+        self._narrow()
+        self._carry_state(self.masks, self.saliency)
+
+    def _narrow(self) -> None:
+        """Only the weights of groups that are pruned count: the others (left out, or excluded) never shrink, so
+        their numbers leave the initial count too, once (a restored count may have lost them already)."""
+        members = self._member_names()
+        if not self._narrowed:
+            named = dict(self.module.named_parameters())
+            self.initial_weights -= sum(named[n].numel() for n in self.prunable if n not in members and n in named)
+            self._narrowed = True
+        self.prunable = [n for n in self.prunable if n in members]
+
+    def _member_names(self) -> set[str]:
+        return {m.param for g in self.plan.groups for m in g.members}
+
+    # -- masks and saliency over the groups' parameters ------------------------------------------------------------
+
+    def _build_state(self) -> None:
+        # a channel's slices live in weights, biases, norms, embeddings and parameters of other modules
+        owned = channel_parameters(self.module)
+        if self.plan is not None:
+            members = self._member_names()
+            owned = {n: p for n, p in owned.items() if n in members}
+        self.masks = PruningMasks(owned)
+        scored = {n: p for n, p in owned.items() if p.dim() > 1}
+        self.saliency = Saliency(scored, self.importance, self.saliency_beta, self.saliency_every)
+
+    def _carry_state(self, old_masks: PruningMasks, old_saliency: Saliency, slices: Mapping | None = None) -> None:
+        """New masks and saliency over the current parameters, with the old ones' values (sliced after a shrink)."""
+        slices = slices or {}
+        self._build_state()
+        for name, pruned in old_masks.pruned.items():
+            if name in self.masks.pruned:
+                self.masks.pruned[name] = slice_like(pruned, slices.get(name, []))
+        if not slices:  # nothing changed shape: the last cut can still be undone
+            self.masks.last_cut = {n: cut for n, cut in old_masks.last_cut.items() if n in self.masks.pruned}
+        self.saliency.updates, self.saliency.skipped = old_saliency.updates, old_saliency.skipped
+        for name, running in old_saliency.running.items():
+            if name in self.saliency.weights:
+                self.saliency.running[name] = slice_like(running, slices.get(name, []))
+        self._refresh_norms()
+
+    def _refresh_norms(self) -> None:
+        """LayerNorm / GroupNorm layers ignore the masked channels (exactly what removing them will compute)."""
+        if self.plan is not None:
+            groups, _ = self.groups()
+            gone = {g.name: structured.removed_channels(g, self.masks.pruned) for g in groups if g.norms}
+            structured.refresh_norms(self.module, groups, gone)
+
+    def groups(self) -> tuple[list[structured.ChannelGroup], Any]:
+        """The groups that are pruned, traced once per model shape (again only after a shrink or a resize)."""
+        if self.plan is None:
+            self.prepare([self.example_input] if self.example_input is not None else self.candidates)
+        key = self._shape_key()
+        if self._groups is None or key != self._groups_key:
+            self._groups, self._groups_key = (self._traced_groups(), None), key
+        return self._groups
+
+    def _shape_key(self) -> tuple:
+        return id(self.module), tuple((n, tuple(p.shape)) for n, p in self.module.named_parameters())
+
+    def _traced_groups(self) -> list[structured.ChannelGroup]:
+        example = to_device_of(self.module, self.plan.example) if self.plan.example is not None else None
+        classifier = classifier_name(self.module)
+        groups, _ = structured.find_groups(self.module, example, self._roots, classifier, self.plan.target,
+                                           self._excluded)  # fmt: skip
+        keep = {g.name for g in self.plan.groups}
+        return [g for g in groups if g.name in keep]
+
+    def resolution(self) -> float:
+        """The cheapest cut still possible as a share of the prunable weights; 1.0 when nothing more can go."""
+        cheapest = structured.cheapest_cut(self.groups()[0], self.prunable_now(), self.masks.pruned,
+                                           self.min_layer_density)  # fmt: skip
+        return min(cheapest / max(self.initial_weights, 1), 1.0)
+
+    # -- per decision ---------------------------------------------------------------------------------------------
+
+    def select(self, count: int) -> dict[str, Tensor]:
+        groups, _ = self.groups()
+        return structured.select(
+            groups,
+            self.masks.weights,
+            self.saliency.scores(),
+            self.prunable_now(),
+            budget=count,
+            min_layer_density=self.min_layer_density,
+            pruned=self.masks.pruned,
+            normalize_per_layer=self.normalize_per_layer,
+        )
+
+    def prune(self, trainer: "L.Trainer", ratio: float) -> int:
+        removed = super().prune(trainer, ratio)
+        self._refresh_norms()
+        return removed
+
+    def undo(self) -> int:
+        restored = super().undo()
+        self._refresh_norms()
+        return restored
+
+    def before_decision(self, trainer: "L.Trainer") -> None:
+        if self.shrink_when == "during":
+            # the previous cut survived its interval: now it can go for real
+            self.shrink(trainer)
+
+    def finish(self, trainer: "L.Trainer") -> None:
+        if self.shrink_when == "during":
+            # the last cut needs no more probation: leave fit with a compact model
+            self.shrink(trainer, rebuild_optimizer=False)
+
+    def final_model(self, module: nn.Module) -> nn.Module:
+        """The compact export; of a LightningModule without ``forward``, the part its inputs run through."""
+        compact = self.export(module)
+        return compact.get_submodule(self.plan.target) if self.plan is not None else compact
+
+    def export(self, module: nn.Module) -> nn.Module:
+        """A compact dense copy of ``module`` without the masked channels (traced as in training)."""
+        if self.plan is None:
+            return super().export(module)
+        example = None if self.plan.example is None else to_device_of(module, self.plan.example)
+        keep = {g.name for g in self.plan.groups}
+        return structured.compact_copy(module, example, self._roots, self.plan.target, keep, self._excluded)
+
+    def shrink(self, trainer: "L.Trainer", rebuild_optimizer: bool = True) -> None:
+        """Physically remove every masked channel; carry masks, saliency and optimizer state over by slicing."""
+        groups, _ = self.groups()
+        remove = structured.removable(self.module, groups, self.masks.pruned)
+        if not remove:
+            return
+        saved = save_optimizers(trainer, self.module) if rebuild_optimizer else None
+        slices = structured.remove_channels(self.module, groups, remove)
+        self._carry_state(self.masks, self.saliency, slices)
+        if saved is not None:
+            rebuild_optimizers(trainer, self.module, saved, slices)
+
+    # -- persistence ------------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), **({"prunable": list(self.prunable)} if self._narrowed else {})}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        # the model may have been resized from the checkpoint since setup(): hold its current parameters
+        if "masks" not in state:
+            return super().load_state_dict(state)
+        self._build_state()
+        super().load_state_dict(structured.fit_saved_state(state, self.masks.pruned, self.saliency.weights))
+        if "prunable" in state:  # counted over the prunable groups already (and so is the restored initial count)
+            self.prunable, self._narrowed = list(state["prunable"]), True
+        elif self.plan is not None:  # an older checkpoint, with every weight counted
+            self._narrowed = False
+            self._narrow()
+        self._refresh_norms()
