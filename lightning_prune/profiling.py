@@ -14,7 +14,7 @@ import io
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,36 +219,43 @@ class FlopsMeter:
     """Effective MACs of a training model, cheaply and never fatally: what the callback logs as ``pruning/flops``.
 
     ptflops runs once per model shape (again only after a physical shrink); every other reading discounts those
-    counts by the weights' densities, with no forward pass. When no candidate input runs the model, the reading is
-    skipped (None) with one warning, and not tried again: logging never stops training.
+    counts by the weights' densities, with no forward pass. The model is called as the first of ``targets`` (the
+    model itself, "", or a submodule, for a LightningModule without ``forward``) and ``candidates`` that runs. When
+    none runs, the reading is skipped (None) with one warning, and not tried again: logging never stops training.
     """
 
     def __init__(self) -> None:
         self.count: MacCount | None = None
         self.inputs: Tensor | tuple[Tensor, ...] | None = None  # the candidate the model ran on
+        self.target = ""  # and the submodule it ran through
         self._shapes: list[tuple[str, tuple[int, ...]]] = []
         self.unavailable: str | None = None
 
-    def measure(self, model: nn.Module, candidates: list[Tensor | tuple[Tensor, ...] | None]) -> float | None:
+    def measure(
+        self, model: nn.Module, candidates: list[Tensor | tuple[Tensor, ...]], targets: Sequence[str] = ("",)
+    ) -> float | None:
         if self.unavailable is not None:
             return None
         shapes = [(name, tuple(p.shape)) for name, p in model.named_parameters()]
         if self.count is None or shapes != self._shapes:
-            self.count = self._count(model, candidates)
+            self.count = self._count(model, candidates, targets)
             self._shapes = shapes
-        return None if self.count is None else self.count.effective(model)
+        return None if self.count is None else self.count.effective(model.get_submodule(self.target))
 
-    def _count(self, model: nn.Module, candidates: list[Tensor | tuple[Tensor, ...] | None]) -> MacCount | None:
+    def _count(
+        self, model: nn.Module, candidates: list[Tensor | tuple[Tensor, ...]], targets: Sequence[str]
+    ) -> MacCount | None:
         errors = []
-        for inputs in candidates:
-            if inputs is None:
-                continue
-            try:
-                count = count_macs(model, _as_inputs(inputs))
-                self.inputs = inputs
-                return count
-            except Exception as err:  # any failure of the user's forward: FLOPs are a read-out, not a requirement
-                errors.append(f"{type(err).__name__}: {err}")
+        for target in [self.target] if self.inputs is not None else targets:
+            for inputs in candidates:
+                try:
+                    count = count_macs(model.get_submodule(target), _as_inputs(inputs))
+                    if count.total > 0:  # a forward that computes nothing countable is not the model's
+                        self.inputs, self.target = inputs, target
+                        return count
+                    errors.append(f"{target or 'the model'} computed nothing on {_shapes(_as_inputs(inputs))}")
+                except Exception as err:  # any failure of the user's forward: FLOPs are a read-out, not a requirement
+                    errors.append(f"{type(err).__name__}: {err}")
         self.unavailable = "; ".join(errors) or "no example input (set `example_input_array` on the module)"
         warnings.warn(
             f"FLOPs are not logged (`pruning/flops`): the model could not be run on an example input "

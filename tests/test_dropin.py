@@ -69,11 +69,42 @@ def test_a_forward_that_takes_the_target_is_pruned_and_counted():
     assert pruning.pruner.flops.count is not None
 
 
-def test_a_module_without_forward_is_pruned_and_flops_are_skipped_with_one_warning(tmp_path):
+def test_a_module_without_forward_is_pruned_and_flops_are_counted_through_the_network_it_calls(tmp_path):
+    pruning = RealTimePruningCallback(target_sparsity=0.5, initial_ratio=0.3)
+    logger = CSVLogger(tmp_path, name="run")
+    quiet_trainer(max_epochs=3, callbacks=[pruning], logger=logger).fit(NoForward(), loader())
+    assert pruning.sparsity == pytest.approx(0.5, abs=1e-3)
+    with open(f"{logger.log_dir}/metrics.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("pruning/sparsity")]
+    # net: Linear 16->32 (weights and biases, 544 MACs, half its weights gone), ReLU (32), the classifier (132)
+    assert len(rows) == 3 and float(rows[-1]["pruning/flops"]) == pytest.approx(544 / 2 + 32 + 132)
+
+
+class Scaled(nn.Module):
+    """A network whose forward needs more than the batch holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(16, 32), nn.Linear(32, 4)
+
+    def forward(self, x, *, scale):
+        return self.fc2(F.relu(self.fc1(x * scale)))
+
+
+def test_flops_of_a_model_no_example_input_runs_are_skipped_with_one_warning(tmp_path):
+    class NeedsAScale(NoForward):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = Scaled()
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return {"loss": F.cross_entropy(self.net(x, scale=2.0), y)}
+
     pruning = RealTimePruningCallback(target_sparsity=0.5, initial_ratio=0.3)
     logger = CSVLogger(tmp_path, name="run")
     with pytest.warns(UserWarning, match="FLOPs are not logged") as caught:
-        quiet_trainer(max_epochs=3, callbacks=[pruning], logger=logger).fit(NoForward(), loader())
+        quiet_trainer(max_epochs=3, callbacks=[pruning], logger=logger).fit(NeedsAScale(), loader())
     assert sum("FLOPs are not logged" in str(w.message) for w in caught) == 1
     assert pruning.sparsity == pytest.approx(0.5, abs=1e-3)
     with open(f"{logger.log_dir}/metrics.csv") as handle:

@@ -14,11 +14,7 @@ from torch import Tensor, nn
 from lightning_prune import structured
 from lightning_prune.importance import Saliency
 from lightning_prune.inputs import Inputs, to_device_of
-from lightning_prune.layers import (
-    count_nonzero,
-    owner_names,
-    prunable_weights,
-)
+from lightning_prune.layers import classifier_name, count_nonzero, owner_names, prunable_weights
 from lightning_prune.layers import sparsity as sparsity_of
 from lightning_prune.masks import PruningMasks
 from lightning_prune.profiling import FlopsMeter, profile
@@ -143,7 +139,8 @@ class Pruner:
             "pruning/params_total": float(sum(p.numel() for p in params)),
         }
         candidates = [self.example_input, *self.candidates] if self.example_input is not None else self.candidates
-        flops = self.flops.measure(self.module, [to_device_of(self.module, c) for c in candidates])
+        targets = structured.forward_targets(self.module, owner_names(self.prunable))
+        flops = self.flops.measure(self.module, [to_device_of(self.module, c) for c in candidates], targets)
         if flops is not None:
             values["pruning/flops"] = flops
         if per_layer:
@@ -206,16 +203,22 @@ class Pruner:
         """Training is over."""
 
     def final_model(self, module: nn.Module) -> nn.Module:
-        """The model to profile at the end of fit."""
-        return module
+        """The model to profile at the end of fit: the part the inputs run through (the module, or for one without
+        ``forward``, the submodule its ``training_step`` calls)."""
+        return module.get_submodule(self.flops.target)
 
     def export(self, module: nn.Module) -> nn.Module:
-        """A compact dense copy of ``module`` without the channels whose outputs are exactly zero."""
-        example = self.example_input if self.example_input is not None else getattr(module, "example_input_array", None)
-        if example is not None:
-            example = to_device_of(module, example)
+        """A compact dense copy of ``module`` without the channels whose outputs are exactly zero, traced through the
+        first forward target and candidate input that run (every group checked by doing, as structured mode does)."""
+        candidates = [c for c in (self.flops.inputs, self.example_input, *self.candidates) if c is not None]
+        declared = getattr(module, "example_input_array", None)
+        candidates += [declared] if declared is not None else []
         roots = owner_names(self.prunable or prunable_weights(module, self.parameters, self.exclude))
-        return structured.compact_copy(module, example, roots)
+        found = structured.plan(module, [to_device_of(module, c) for c in candidates], roots, classifier_name(module))
+        if found.example is None:
+            raise RuntimeError(f"export could not run the model on an example input: {'; '.join(found.tried)}")
+        keep = {group.name for group in found.groups}
+        return structured.compact_copy(module, found.example, roots, found.target, keep)
 
     # -- persistence ------------------------------------------------------------------------------------------------
 

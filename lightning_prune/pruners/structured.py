@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     import lightning as L
 
 
+# rounds of channel selection per cut: each takes what the previous one's shared slices left of the budget
+SELECTION_ROUNDS = 4
+
+
 class StructuredPruner(Pruner):
     """Whole channels, fc neurons, attention dimensions and recurrent hidden units, with everything coupled to them.
 
@@ -164,17 +168,27 @@ class StructuredPruner(Pruner):
     # -- per decision ---------------------------------------------------------------------------------------------
 
     def select(self, count: int) -> dict[str, Tensor]:
+        """Channels holding about ``count`` prunable weights. A channel's cost counts its slices in every layer, and
+        two chosen channels can share slices (layer A's output c is layer B's input c, and B's output d shares
+        B[d, c]): what a round removes falls short of its budget, so the shortfall is chosen again, a few rounds."""
         groups, _ = self.groups()
-        return structured.select(
-            groups,
-            self.masks.weights,
-            self.saliency.scores(),
-            self.prunable_now(),
-            budget=count,
-            min_layer_density=self.min_layer_density,
-            pruned=self.masks.pruned,
-            normalize_per_layer=self.normalize_per_layer,
-        )
+        scores, prunable, pruned = self.saliency.scores(), self.prunable_now(), dict(self.masks.pruned.items())
+        chosen: dict[str, Tensor] = {}
+        for _ in range(SELECTION_ROUNDS):
+            picked = structured.select(groups, self.masks.weights, scores, prunable, budget=count,
+                                       min_layer_density=self.min_layer_density, pruned=pruned,
+                                       normalize_per_layer=self.normalize_per_layer)  # fmt: skip
+            gained = 0
+            for name, indices in picked.items():
+                flat = pruned[name].view(-1)
+                new = indices[~flat[indices]]
+                gained += int(prunable[name].view(-1)[new].count_nonzero()) if name in prunable else 0
+                flat[new] = True
+                chosen[name] = torch.cat([chosen[name], new]) if name in chosen else new
+            count -= gained
+            if gained == 0 or count <= 0:
+                break
+        return chosen
 
     def prune(self, trainer: "L.Trainer", ratio: float) -> int:
         removed = super().prune(trainer, ratio)

@@ -19,7 +19,7 @@ from lightning_prune.structured.find import default_roots, find_groups
 from lightning_prune.structured.groups import ChannelGroup, Member, SkippedGroup
 from lightning_prune.structured.masking import mask_channels
 from lightning_prune.structured.norms import refresh_norms
-from lightning_prune.structured.plan import Plan, plan
+from lightning_prune.structured.plan import Plan, forward_targets, plan
 from lightning_prune.structured.selection import (
     channel_cost,
     channel_elements,
@@ -47,6 +47,7 @@ __all__ = [
     "fit_saved_state",
     "mask_channels",
     "nothing_to_prune",
+    "forward_targets",
     "plan",
     "refresh_norms",
     "remove_channels",
