@@ -21,10 +21,15 @@ Modules, from pure to Lightning:
 - ``provenance``: commit, dirty tree, config hashes and versions of a run; which finished runs are stale.
 - ``baselines``: the baselines' pruning schedules and their ``ModelPruning`` callback.
 - ``recorder``: ``CurveRecorder``, the per-epoch curves and final sparsity of a run; ``TestCorrectRecorder``.
-- ``runner``: one run (``run_one``) and the loop over them with ``status.json`` and resume (``run_comparison``).
+- ``runner``: one run (``run_one``), its ``status.json`` (``run_and_record``), the plan (``Comparison``).
+- ``claims``: claiming a run atomically in ``OUTPUT/claims/``, heartbeats, stale claims; standard library only.
+- ``passes``: a process's pass over the runs (``run_comparison``: its ``--shard``, claims, resume) and every run's
+  record read back from disk (``collect``).
+- ``workers``: ``--jobs``, worker processes with a device or a share of the CPU cores each.
 - ``summary``: ``results.csv``'s and ``curves.csv``'s frames and ``summarize``, the ``Summary`` of a comparison.
 - ``tables``: the tables and readings; ``plots``: the figures; ``wandb_summary``: the W&B summary run.
-- ``report``: writes every output (``write_outputs``), ``report.md`` and ``load_results``.
+- ``report``: writes every output (``write_outputs``; once per state when shards finish together), ``report.md``
+  and ``load_results``.
 - ``cli``: the ``compare`` command line, ``compare_main``.
 
 This package imports none of them, so that ``lightning_prune.compare.stats`` stays light: import the module you need.

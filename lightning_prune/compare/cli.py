@@ -11,8 +11,10 @@ from jsonargparse import Namespace
 
 from lightning_prune.cli import LightningPruneCLI, choose_wandb_mode
 from lightning_prune.compare.baselines import BASELINES, baseline_schedule
+from lightning_prune.compare.claims import DEFAULT_TIMEOUT_S
+from lightning_prune.compare.passes import FINISHED, Share, collect, run_comparison
 from lightning_prune.compare.provenance import without_per_run_keys
-from lightning_prune.compare.report import write_outputs
+from lightning_prune.compare.report import write_outputs_locked, write_outputs_once
 from lightning_prune.compare.results import write_json
 from lightning_prune.compare.runner import (
     PRUNED,
@@ -22,10 +24,10 @@ from lightning_prune.compare.runner import (
     is_wandb,
     logger_configs,
     read_status,
-    run_comparison,
     say,
 )
 from lightning_prune.compare.stats import DEFAULT_MARGINS, OTHER_MARGIN
+from lightning_prune.compare.workers import cpu_cores, plan_workers, run_workers, visible_devices
 from lightning_prune.schedule import PruningWindow
 
 SETTINGS_FILE = "comparison.json"
@@ -44,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
         "      --seeds 5 --output runs/mnist --baseline gmp --trainer.max_epochs 10\n\n"
         "Each run lives in OUTPUT/runs/<arm>-seed<k>/ with a status.json. Re-running the same command resumes:\n"
         "finished runs of the same commit, code and config are skipped; crashed, interrupted or stale ones run again\n"
-        "(--reuse-stale keeps stale ones).",
+        "(--reuse-stale keeps stale ones).\n\n"
+        "Spreading a comparison: --jobs N runs N runs at once on this machine; --shard I/N on N machines or\n"
+        "scheduler jobs (e.g. a SLURM array) sharing OUTPUT. Every process claims a run (OUTPUT/claims/) before\n"
+        "training it, so no run is trained twice; a dead process's claimed runs are taken again.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # --data.* and friends must not be mistaken for our options
     )
@@ -72,7 +77,39 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-wandb", action="store_true", help="log each run with a CSVLogger instead of W&B")
     parser.add_argument("--profile-threads", type=int, default=1, metavar="N",
                         help="CPU threads while timing the final model's latency (default: 1)")  # fmt: skip
+    parallel = parser.add_argument_group("spreading a comparison over processes and machines")
+    parallel.add_argument("--jobs", type=int, default=1, metavar="N",
+                          help="run N runs at once on this machine, each in a worker process of its own: one CUDA "
+                          "device each (at most --jobs-per-device workers a device), or on the CPU an equal share of "
+                          "the cores (default: 1, in this process)")  # fmt: skip
+    parallel.add_argument("--jobs-per-device", type=int, default=1, metavar="K",
+                          help="with --jobs and CUDA devices, up to K workers on each device (default: 1)")  # fmt: skip
+    parallel.add_argument("--shard", type=_shard_option, default=None, metavar="I/N",
+                          help="take only the runs whose position in the plan modulo N is I, 0-based (I = 0..N-1, "
+                          "e.g. $SLURM_ARRAY_TASK_ID/4), then any run whose claimant died; the shard that finds every "
+                          "run finished writes the report")  # fmt: skip
+    parallel.add_argument("--claim-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                          help="a claimed run whose heartbeat is older than this is taken again (its process died on "
+                          f"another machine or stalled); a dead process on this machine is noticed at once (default: "
+                          f"{DEFAULT_TIMEOUT_S:g})")  # fmt: skip
+    parallel.add_argument("--report-only", action="store_true",
+                          help="train nothing: write the report from the runs on disk; when some have not finished, "
+                          "name them, write a report labelled partial and exit 1")  # fmt: skip
     return parser
+
+
+def _shard_option(text: str) -> tuple[int, int]:
+    """``I/N`` of ``--shard``, 0-based, as SLURM array task ids are from ``--array=0-(N-1)``.
+
+    Example:
+        >>> _shard_option("3/4")
+        (3, 4)
+    """
+    index, slash, count = text.partition("/")
+    if slash and index.strip().isdigit() and count.strip().isdigit() and int(index) < int(count):
+        return int(index), int(count)
+    raise argparse.ArgumentTypeError(f"{text!r}: expected I/N with 0 <= I < N, 0-based (--shard 0/4 to --shard 3/4, "
+                                     "e.g. --shard $SLURM_ARRAY_TASK_ID/4)")  # fmt: skip
 
 
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*")
@@ -146,6 +183,13 @@ def plan_comparison(parser: argparse.ArgumentParser, options: argparse.Namespace
         parser.error(f"argument --seeds: must be at least 1, got {options.seeds}")
     if options.profile_threads < 1:
         parser.error(f"argument --profile-threads: must be at least 1, got {options.profile_threads}")
+    for flag, value in (("--jobs", options.jobs), ("--jobs-per-device", options.jobs_per_device)):
+        if value < 1:
+            parser.error(f"argument {flag}: must be at least 1, got {value}")
+    if not options.claim_timeout > 0:
+        parser.error(f"argument --claim-timeout: must be more than 0 seconds, got {options.claim_timeout:g}")
+    if options.report_only and (options.jobs > 1 or options.shard is not None):
+        parser.error("argument --report-only: writes the report from the runs on disk; drop --jobs and --shard")
     if options.margin is not None and not 0 < options.margin < 100:
         parser.error(f"argument --margin: must be between 0 and 100 points, got {options.margin}")
     for flag, paths in (("--config", options.config), ("--prune-config", [options.prune_config])):
@@ -258,8 +302,8 @@ def compare_main(argv: list[str]) -> None:
     """``lightning-prune compare``: see ``lightning-prune compare --help``.
 
     Raises:
-        SystemExit: 2 for bad arguments, 1 when some runs crashed (their traceback is in their ``status.json``), 130
-            when interrupted; re-running the command resumes.
+        SystemExit: 2 for bad arguments, 1 when some runs crashed (their traceback is in their ``status.json``) or,
+            with ``--report-only``, have not finished, 130 when interrupted; re-running the command resumes.
     """
     parser = build_parser()
     options, overrides = parser.parse_known_args(argv)
@@ -267,21 +311,80 @@ def compare_main(argv: list[str]) -> None:
     comparison.command = ["lightning-prune", "compare", *argv]
     comparison.output.mkdir(parents=True, exist_ok=True)
     _check_resume(parser, comparison)
+    share = Share(options.shard, options.claim_timeout)
+    if options.report_only:
+        _report_only(comparison, share)
+        return
     if comparison.wandb:
         choose_wandb_mode()
-    say(f"{len(comparison.arms)} arms x {len(comparison.seeds)} seeds into {comparison.output}")
+    runs = len(comparison.arms) * len(comparison.seeds)
+    mine = sum(1 for position in range(runs) if share.takes(position))
+    say(f"{len(comparison.arms)} arms x {len(comparison.seeds)} seeds into {comparison.output}"
+        + (f"; shard {share.label}: {mine} of the {runs} runs" if share.shard else ""))  # fmt: skip
     try:
-        records = run_comparison(comparison)
+        crashed_here = _run_pass(comparison, share, options.jobs, options.jobs_per_device)
     except KeyboardInterrupt:
         records = [read_status(spec.directory) for spec in comparison.specs()]
-        write_outputs(comparison, [r for r in records if r is not None], log_wandb=False)
+        write_outputs_locked(comparison, [r for r in records if r is not None], share.timeout, log_wandb=False)
         say("interrupted: re-run the same command to resume (finished runs are skipped)")
         raise SystemExit(130) from None
-    summary = write_outputs(comparison, records)
+    if share.shard is not None:
+        _finish_shard(comparison, share, crashed_here)
+        return
+    records, _ = collect(comparison, share.timeout)
+    summary = write_outputs_locked(comparison, records, share.timeout)
     for warning in summary.warnings:
         say(f"warning: {warning}")
     say(f"report: {comparison.output / 'report.md'}")
-    crashed = [f"{r['arm']}-seed{r['seed']}" for r in records if r["status"] != "finished"]
+    crashed = [f"{r['arm']}-seed{r['seed']}" for r in records if r["status"] != FINISHED]
     if crashed:
         say(f"{len(crashed)} run(s) did not finish ({', '.join(crashed)}): see their status.json; re-run to retry")
         raise SystemExit(1)
+
+
+def _run_pass(comparison: Comparison, share: Share, jobs: int, per_device: int) -> bool:
+    """This process's pass, in this process or ``jobs`` workers; whether a run it ran crashed."""
+    if jobs == 1:
+        return any(record["status"] == "crashed" for record in run_comparison(comparison, share))
+    plans, notes = plan_workers(jobs, visible_devices(), cpu_cores(), per_device)
+    for note in notes:
+        say(note)
+    return run_workers(comparison, share, plans) != 0
+
+
+def _finish_shard(comparison: Comparison, share: Share, crashed_here: bool) -> None:
+    """A shard writes the report when every planned run has finished (once, if shards finish together); otherwise it
+    says which runs are left. Exits 1 when one of the runs it ran crashed."""
+    records, missing = collect(comparison, share.timeout)
+    if missing:
+        say(f"{len(missing)} of {len(records)} runs have not finished yet; the process that finishes the last one "
+            "writes the report (or run the same command with --report-only):")  # fmt: skip
+        for run in missing:
+            say(f"  {run}")
+    else:
+        written = write_outputs_once(comparison, records, share.timeout)
+        if isinstance(written, str):
+            say(f"every run has finished; the report is {written}: {comparison.output / 'report.md'}")
+        else:
+            for warning in written.warnings:
+                say(f"warning: {warning}")
+            say(f"every run has finished; report: {comparison.output / 'report.md'}")
+    if crashed_here:
+        say("a run of this process crashed: see its status.json; re-run to retry")
+        raise SystemExit(1)
+
+
+def _report_only(comparison: Comparison, share: Share) -> None:
+    """``--report-only``: the report from the runs on disk; labelled partial, and exit 1, when some have not
+    finished."""
+    records, missing = collect(comparison, share.timeout)
+    summary = write_outputs_locked(comparison, records, share.timeout, missing=missing)
+    for warning in summary.warnings:
+        say(f"warning: {warning}")
+    if missing:
+        say(f"partial report: {len(missing)} of {len(records)} runs have not finished:")
+        for run in missing:
+            say(f"  {run}")
+        say(f"report (partial): {comparison.output / 'report.md'}")
+        raise SystemExit(1)
+    say(f"report: {comparison.output / 'report.md'}")

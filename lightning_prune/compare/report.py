@@ -10,7 +10,9 @@ from typing import Any
 
 import pandas as pd
 
+from lightning_prune.compare.claims import Claim, Owner, State, claim_once, claim_waiting, claims_folder
 from lightning_prune.compare.plots import write_plots
+from lightning_prune.compare.provenance import content_hash
 from lightning_prune.compare.results import Summary, write_json
 from lightning_prune.compare.runner import Comparison
 from lightning_prune.compare.stats import (
@@ -41,6 +43,8 @@ __all__ = [
 ]  # fmt: skip
 
 OUTPUT_FILES = ("results.csv", "curves.csv", "summary.json")
+# the report's claims folder, beside the runs' (a run's name always holds "-seed")
+REPORT_CLAIM = "_report"
 
 
 def _runs_line(summary: Summary, results: pd.DataFrame) -> str:
@@ -90,11 +94,16 @@ def _methods(summary: Summary) -> str:
     )
 
 
-def render_report(summary: Summary, results: pd.DataFrame, plots: Sequence[Path]) -> str:
-    """``report.md``: how the comparison ran and by which code, warnings, the per-arm table, the primary endpoint of
-    every pair, the secondary and test-set tests, every metric per pair, the plots, what did not finish."""
+def render_report(summary: Summary, results: pd.DataFrame, plots: Sequence[Path], missing: Sequence[str] = ()) -> str:
+    """``report.md``: how the comparison ran and by which code, the planned runs ``missing`` from a partial report
+    (``--report-only`` before every run finished), warnings, the per-arm table, the primary endpoint of every pair,
+    the secondary and test-set tests, every metric per pair, the plots, what did not finish."""
     lines = [f"# Comparison `{summary.group}`", "", f"Command: `{' '.join(summary.command)}`", "",
              _runs_line(summary, results), ""]  # fmt: skip
+    if missing:
+        lines += [f"**Partial report: {len(missing)} planned run(s) have not finished.** Every statistic below uses "
+                  "the finished runs only; write the report again once they are done.", "",
+                  *(f"- {run}" for run in missing), ""]  # fmt: skip
     if summary.warnings:
         lines += ["**Warnings**", "", *(f"- {warning}" for warning in summary.warnings), ""]
     lines += [
@@ -168,8 +177,11 @@ def _summary_tables(summary: Summary, results: pd.DataFrame) -> dict[str, pd.Dat
     }
 
 
-def write_outputs(comparison: Comparison, records: Sequence[dict[str, Any]], log_wandb: bool = True) -> Summary:
-    """Write ``results.csv``, ``curves.csv``, the plots, ``summary.json`` and ``report.md``; with W&B, a summary run.
+def write_outputs(
+    comparison: Comparison, records: Sequence[dict[str, Any]], log_wandb: bool = True, missing: Sequence[str] = ()
+) -> Summary:
+    """Write ``results.csv``, ``curves.csv``, the plots, ``summary.json`` and ``report.md`` (labelled partial when
+    planned runs are ``missing``); with W&B, a summary run.
 
     Returns:
         The summary (what ``summary.json`` holds).
@@ -187,7 +199,49 @@ def write_outputs(comparison: Comparison, records: Sequence[dict[str, Any]], log
                                 _summary_tables(summary, results), plots)  # fmt: skip
         summary = replace(summary, wandb=where)
     write_json(output / "summary.json", summary.to_json())
-    (output / "report.md").write_text(render_report(summary, results, plots))
+    (output / "report.md").write_text(render_report(summary, results, plots, missing))
+    return summary
+
+
+def _report_claims(comparison: Comparison) -> Path:
+    return claims_folder(comparison.output, REPORT_CLAIM)
+
+
+def report_stamp(comparison: Comparison, records: Sequence[dict[str, Any]]) -> str:
+    """What a report is made of: the runs' records and the margin. Processes that see the same runs on disk agree."""
+    return content_hash({"records": list(records), "margin": comparison.margin})
+
+
+def write_outputs_locked(
+    comparison: Comparison, records: Sequence[dict[str, Any]], timeout: float, log_wandb: bool = True,
+    missing: Sequence[str] = ()
+) -> Summary:  # fmt: skip
+    """``write_outputs`` while holding the report's claim (waiting for it), so that two processes never write the
+    outputs into each other."""
+    held = claim_waiting(_report_claims(comparison), Owner.me(), timeout)
+    try:
+        summary = write_outputs(comparison, records, log_wandb, missing)
+    except BaseException:
+        held.release("failed")
+        raise
+    held.release("written", stamp=report_stamp(comparison, records), partial=bool(missing))
+    return summary
+
+
+def write_outputs_once(comparison: Comparison, records: Sequence[dict[str, Any]], timeout: float) -> Summary | str:
+    """``write_outputs`` unless another process is writing them or already wrote them from the same records (shards
+    that finish together); then who, in words."""
+    stamp = report_stamp(comparison, records)
+    held = claim_once(_report_claims(comparison), Owner.me(), timeout, stamp)
+    if not isinstance(held, Claim):
+        who = held.owner.describe() if held.owner else "another process"
+        return f"written by {who}" if held.state is State.FREE else f"being written by {who}"
+    try:
+        summary = write_outputs(comparison, records)
+    except BaseException:
+        held.release("failed")
+        raise
+    held.release("written", stamp=stamp)
     return summary
 
 

@@ -5,6 +5,7 @@ them, and ``to_json`` / ``from_json`` turn them into ``summary.json``'s structur
 """
 
 import json
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
@@ -372,9 +373,11 @@ class Summary:
 
 
 def write_json(path: Path, content: Any) -> None:
-    """Write ``content`` as JSON, then rename: a kill mid-write never leaves half a file behind."""
+    """Write ``content`` as JSON, then rename: a kill mid-write never leaves half a file behind. The partial file's
+    name is the writer's own, so that processes writing the same file at once (``--shard``) never rename each
+    other's half-written one."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(path.suffix + ".partial")
+    partial = path.with_name(f"{path.name}.{uuid.uuid4().hex[:12]}.partial")
     partial.write_text(json.dumps(content, indent=2, default=str))
     partial.replace(path)
 

@@ -1,7 +1,7 @@
-"""Running a comparison: one run (train, test and profile one arm at one seed) and the loop over every run.
+"""One run of a comparison (train, test and profile one arm at one seed), its ``status.json``, and the plan.
 
-Each run lives in ``OUTPUT/runs/<arm>-seed<k>/`` with a ``status.json``; ``run_comparison`` skips the runs that
-finished before and retries the others, so running the same command again resumes.
+Each run lives in ``OUTPUT/runs/<arm>-seed<k>/`` with a ``status.json``; ``passes.run_comparison`` skips the runs
+that finished before and retries the others, so running the same command again resumes.
 """
 
 import json
@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning_prune.cli import LightningPruneCLI
 from lightning_prune.compare import provenance
 from lightning_prune.compare.baselines import baseline_callback
+from lightning_prune.compare.claims import Claim, claims_folder
 from lightning_prune.compare.recorder import CurveRecorder, TestCorrectRecorder, pruning_callback
 from lightning_prune.compare.results import now, write_json
 from lightning_prune.compare.testset import TEST_CORRECT_FILE, save_test_correct, targets_hash
@@ -30,6 +31,8 @@ from lightning_prune.inputs import example_inputs
 
 UNPRUNED, PRUNED = "unpruned", "pruned"
 STATUS_FILE = "status.json"
+# a run this process stopped because another one took it over: its status.json is the other process's to write
+LOST = "lost"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,11 @@ class RunSpec:
     @property
     def name(self) -> str:
         return f"{self.arm.name}-seed{self.seed}"
+
+    @property
+    def claims(self) -> Path:
+        """The run's claims folder, ``OUTPUT/claims/<run>/``: outside the run's folder, which a new attempt empties."""
+        return claims_folder(self.directory.parent.parent, self.name)
 
     @property
     def config_hash(self) -> str | None:
@@ -169,8 +177,25 @@ def profile_final_model(cli: LightningPruneCLI, pruning: Any, threads: int) -> d
     return profile(module, _example_input(cli), threads=threads)
 
 
-def run_one(spec: RunSpec) -> dict[str, Any]:
-    """Train, test and profile one run of one arm.
+class ClaimLost(Exception):
+    """Another process took this run over (this one stalled for longer than the claim timeout): stop, leave the
+    run's files to it."""
+
+
+class _ClaimWatch(L.Callback):
+    """Stops a run at the next batch once its claim is lost, so that two processes never train into one folder for
+    long."""
+
+    def __init__(self, claim: Claim) -> None:
+        self.claim = claim
+
+    def on_train_batch_start(self, *args: Any) -> None:
+        if self.claim.lost:
+            raise ClaimLost(f"{self.claim.path}: another process took this run over")
+
+
+def run_one(spec: RunSpec, claim: Claim | None = None) -> dict[str, Any]:
+    """Train, test and profile one run of one arm (stopping with ``ClaimLost`` if ``claim`` is lost).
 
     Returns:
         The metrics (``METRICS``' names, ``epochs``, ``wandb_run``) and ``curves``, a list of per-epoch rows.
@@ -191,6 +216,8 @@ def run_one(spec: RunSpec) -> dict[str, Any]:
         cli.trainer.callbacks.append(recorder)
         test_correct = TestCorrectRecorder()
         cli.trainer.callbacks.append(test_correct)
+        if claim is not None:
+            cli.trainer.callbacks.append(_ClaimWatch(claim))
         try:
             train_time, tested = train_and_test(cli, spec)
         except SystemExit as err:
@@ -291,6 +318,11 @@ class Comparison:
         ]
 
 
+def say(message: str) -> None:
+    """A progress line on stderr."""
+    print(f"[compare] {message}", file=sys.stderr, flush=True)
+
+
 def read_status(directory: Path) -> dict[str, Any] | None:
     """A run's ``status.json``, None when it has none (or half of one)."""
     path = directory / STATUS_FILE
@@ -302,73 +334,14 @@ def read_status(directory: Path) -> dict[str, Any] | None:
         return None
 
 
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
-
-
-def say(message: str) -> None:
-    """A progress line on stderr."""
-    print(f"[compare] {message}", file=sys.stderr, flush=True)
-
-
-def run_comparison(comparison: Comparison) -> list[dict[str, Any]]:
-    """Run every (arm, seed) that has not finished yet; return each run's status record, in plan order.
-
-    A crashed run is recorded (``status: crashed`` with the traceback) and the comparison goes on. An interrupted one
-    is recorded and the KeyboardInterrupt propagates.
+def run_and_record(spec: RunSpec, previous: dict[str, Any] | None, claim: Claim | None = None) -> dict[str, Any]:
+    """Run ``spec`` afresh (its folder emptied) and record it in its ``status.json``: running, then finished, crashed
+    (with the traceback) or interrupted. A run whose ``claim`` was lost writes nothing more: the run is the other
+    process's now.
 
     Raises:
-        KeyboardInterrupt: A run was interrupted.
+        KeyboardInterrupt: The run was interrupted (recorded first).
     """
-    specs = comparison.specs()
-    records, durations = [], []
-    current = {**provenance.code_state(comparison.output), **provenance.versions()}
-    for index, spec in enumerate(specs, 1):
-        previous = read_status(spec.directory)
-        where = f"run {index}/{len(specs)}: {spec.arm.name}, seed {spec.seed}"
-        if previous is not None and previous.get("status") == "finished":
-            stale = provenance.stale_reasons(previous, {**current, "config_hash": spec.config_hash})
-            if not stale:
-                say(f"{where}: finished earlier, skipped")
-                records.append(previous)
-                continue
-            if comparison.reuse_stale:
-                say(f"{where}: finished earlier by other code or config ({'; '.join(stale)}), reused (--reuse-stale)")
-                records.append({**previous, "reused_stale": "; ".join(stale)})
-                continue
-            say(f"{where}: finished earlier by other code or config ({'; '.join(stale)}): running it again")
-        left = sum(1 for s in specs[index - 1 :] if (read_status(s.directory) or {}).get("status") != "finished")
-        eta = f"ETA {_duration(left * sum(durations) / len(durations))}" if durations else "ETA after this run"
-        say(f"{where} ({eta})")
-        start = time.perf_counter()
-        record = _run_and_record(spec, previous)
-        durations.append(time.perf_counter() - start)
-        records.append(record)
-        say(f"{where}: {record['status']} in {_duration(durations[-1])}" + _headline(record))
-    return records
-
-
-def _headline(record: dict[str, Any]) -> str:
-    if record["status"] != "finished":
-        last = record.get("error", "").strip().splitlines()
-        return f": {last[-1]}" if last else ""
-    return f", test accuracy {_percent(record.get('test_acc'))}, sparsity {_percent(record.get('sparsity'))}"
-
-
-def _percent(value: Any) -> str:
-    """A fraction as a percentage with two decimals: 0.900600016 -> '90.06%'.
-
-    Example:
-        >>> _percent(0.900600016117096), _percent(None)
-        ('90.06%', 'n/a')
-    """
-    return "n/a" if not isinstance(value, (int, float)) or value != value else f"{value * 100:.2f}%"
-
-
-def _run_and_record(spec: RunSpec, previous: dict[str, Any] | None) -> dict[str, Any]:
     attempts = (previous or {}).get("attempts", 0) + 1
     if spec.directory.exists():  # what a crashed or interrupted attempt left behind
         shutil.rmtree(spec.directory)
@@ -377,12 +350,16 @@ def _run_and_record(spec: RunSpec, previous: dict[str, Any] | None) -> dict[str,
             "config_hash": spec.config_hash, "task_hash": spec.task_hash, **provenance.versions()}  # fmt: skip
     write_json(spec.directory / STATUS_FILE, {**base, "status": "running"})
     try:
-        record = {**base, "status": "finished", **run_one(spec)}
+        record = {**base, "status": "finished", **run_one(spec, claim)}
     except KeyboardInterrupt:
         write_json(spec.directory / STATUS_FILE, {**base, "status": "interrupted", "ended": now()})
         raise
+    except ClaimLost:
+        record = {**base, "status": LOST}
     except Exception as err:
         record = {**base, "status": "crashed", "error": "".join(traceback.format_exception(err))}
     record["ended"] = now()
+    if claim is not None and claim.lost:
+        return {**record, "status": LOST}
     write_json(spec.directory / STATUS_FILE, record)
     return record
