@@ -4,6 +4,7 @@ import datetime
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -25,12 +26,26 @@ def machine() -> str:
     return ", ".join(parts)
 
 
+def code_version() -> str:
+    """The commit the benchmark ran (and whether the tree had changes), so that a figure is pinned to its code."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "lightning_prune", "bench"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}{' with uncommitted changes' if dirty else ''}"
+
+
 def record(title: str, body: str) -> None:
-    """Print a result block and append it to docs/BENCHMARKS.md with the command, machine and date."""
+    """Print a result block and append it to docs/BENCHMARKS.md with the command, code, machine and date."""
     command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]])
     block = (
         f"\n### {title}\n\n"
-        f"- command: `{command}`\n- machine: {machine()}\n- date: {datetime.date.today().isoformat()}\n\n{body}\n"
+        f"- command: `{command}`\n- code: {code_version()}\n- machine: {machine()}\n"
+        f"- date: {datetime.date.today().isoformat()}\n\n{body}\n"
     )
     print(block)
     BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)

@@ -122,7 +122,7 @@ def main() -> None:
     ]  # fmt: skip
     body = (
         f"MLP of 4 equal hidden layers, batch {args.batch}, Adam, {args.steps} steps with a decision every "
-        f"{args.interval} (every step near one, scored every 8th step as by default); medians. Per step: the "
+        f"{args.interval} (every step near one, scored every 16th step as by default); medians. Per step: the "
         "callback's hooks on steps that end without a decision (scoring, gradient norm, re-applying the masks, the "
         "pacing loss). One decision: the hook call that decides (signals, controller, selection, cut, optimizer "
         "state, read-outs, logging). Bytes: masks + running saliency + the rollback copy of the last cut, at the "

@@ -94,7 +94,7 @@ class RealTimePruningCallback(Callback):
         parameters: list[str] | None = None,
         exclude: list[str] | None = None,
         saliency_beta: float = 0.99,
-        saliency_every: int = 8,
+        saliency_every: int = 16,
         grad_damping: float = 2.0,
         shrink_when: str = "during",
         log_layers: bool = False,

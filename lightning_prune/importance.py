@@ -38,9 +38,9 @@ IMPORTANCE_METHODS = tuple(SCORERS)
 
 
 # Running scores are stored in bfloat16 (half the memory of float32, with its range: |w * grad| spans many decades)
-# when each update moves the average by at least this share: an update is computed in float32 and rounded once, and
-# bfloat16's rounding (0.4%) then stalls the average at most 5% from where float32 would be, well inside the scatter
-# of an average over ~1/share noisy gradients. Smaller steps would stall further: they keep float32.
+# when each update moves the average by at least this share: an update is rounded once, and bfloat16's rounding (0.4%)
+# then stalls the average at most 5% from where float32 would be, well inside the scatter of an average over
+# ~1/share noisy gradients. Smaller steps would stall further: they keep float32.
 BFLOAT16_MIN_UPDATE = 0.05
 
 
@@ -117,13 +117,9 @@ class Saliency:
         self.skipped = 0
         fresh = self.scorer([self.weights[n] for n in names], [self.weights[n].grad for n in names])
         running = [self.running[n] for n in names]
-        if self.dtype == torch.float32:
-            torch._foreach_lerp_(running, fresh, weight)
-        else:
-            # in float32, rounded once: a lerp in bfloat16 itself would round small steps away
-            averaged = [r.float() for r in running]
-            torch._foreach_lerp_(averaged, fresh, weight)
-            torch._foreach_copy_(running, averaged)
+        if self.dtype != torch.float32:
+            fresh = [f.to(self.dtype) for f in fresh]  # lerp computes in float32 and rounds once
+        torch._foreach_lerp_(running, fresh, weight)
         self.updates += 1
 
     def skip(self) -> None:
