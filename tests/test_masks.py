@@ -2,11 +2,13 @@
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from lightning_prune.importance import Saliency
 from lightning_prune.layers import prunable_weights
-from lightning_prune.masks import PruningMasks
+from lightning_prune.masks import PruningMasks, lowest
 from lightning_prune.models import MNISTCNN, CIFARResNet18, LSTMClassifier
 
 
@@ -215,3 +217,25 @@ def test_running_scores_are_half_precision_storage_and_freed_when_released():
     assert saliency.buffer_bytes() == 2 * w.numel()
     saliency.release()
     assert saliency.buffer_bytes() == 0 and torch.equal(saliency.scores()["w"], w.detach().abs())
+
+
+# non-negative float32 scores with many ties and some that cannot be chosen (+inf)
+SCORES = st.one_of(st.floats(0, 1e3, width=32), st.sampled_from([0.0, 1e-30, 0.25, float("inf")]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(st.floats(0, 1e3, width=32), st.sampled_from([0.0, 1e-30, 0.25, float("inf")])),
+        min_size=1,
+        max_size=200,
+    ),  # fmt: skip
+    count=st.integers(0, 210),
+)
+def test_the_radix_select_chooses_the_lowest_finite_scores_ties_by_position(values, count):
+    scores = torch.tensor(values, dtype=torch.float32)
+    finite = [i for i, v in enumerate(values) if v != float("inf")]
+    expected = torch.zeros(len(values), dtype=torch.bool)
+    # a stable sort by value keeps positions in order among ties
+    expected[sorted(finite, key=lambda i: (scores[i].item(), i))[:count]] = True
+    assert torch.equal(lowest(scores, count), expected)
