@@ -224,14 +224,7 @@ SCORES = st.one_of(st.floats(0, 1e3, width=32), st.sampled_from([0.0, 1e-30, 0.2
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    values=st.lists(
-        st.one_of(st.floats(0, 1e3, width=32), st.sampled_from([0.0, 1e-30, 0.25, float("inf")])),
-        min_size=1,
-        max_size=200,
-    ),  # fmt: skip
-    count=st.integers(0, 210),
-)
+@given(values=st.lists(SCORES, min_size=1, max_size=200), count=st.integers(0, 210))
 def test_the_radix_select_chooses_the_lowest_finite_scores_ties_by_position(values, count):
     scores = torch.tensor(values, dtype=torch.float32)
     finite = [i for i, v in enumerate(values) if v != float("inf")]
