@@ -17,7 +17,7 @@ from lightning_prune.importance import IMPORTANCE_METHODS
 from lightning_prune.inputs import candidate_inputs
 from lightning_prune.pruners import PRUNER_MODES, SHRINK_WHEN, make_pruner
 from lightning_prune.schedule import DEFAULT_END_FRACTION, PruningWindow
-from lightning_prune.signals import PacingSignals
+from lightning_prune.signals import PacingSignals, reduce_mean
 from lightning_prune.validation import check_bool, check_choice, check_int, check_name, check_number, check_patterns
 
 __all__ = ["DEFAULT_END_FRACTION", "RealTimePruningCallback"]
@@ -244,17 +244,19 @@ class RealTimePruningCallback(Callback):
 
     def _run_interval(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         epoch = trainer.current_epoch
-        loss = self._reduced(trainer, self._signals.take_loss(trainer.callback_metrics))
+        loss = reduce_mean(trainer.strategy, self._signals.take_loss(trainer.callback_metrics))
         grad_norm = self._signals.take_grad_norm()
         # identical on every rank after the gradient all-reduce, up to float noise: reduce to be exact
-        grad_norm = None if grad_norm is None else self._reduced(trainer, grad_norm)
-        decision = self._decide(trainer, epoch, loss, grad_norm)
-        changed = self._act(trainer, decision)
+        grad_norm = None if grad_norm is None else reduce_mean(trainer.strategy, grad_norm)
+        remaining = self.pruner.remaining()  # counted once; a cut's own count updates it
+        decision = self._decide(trainer, epoch, loss, grad_norm, self.pruner.sparsity_at(remaining))
+        changed = self._act(trainer, decision, remaining)
+        sparsity = self.sparsity if changed < 0 else self.pruner.sparsity_at(remaining - changed)
         if decision.action == Action.DONE:
             self._done = True
             self.pruner.saliency.release()  # no decision will read it again
         entry: IntervalRecord = {"epoch": epoch, "step": trainer.global_step, "loss": loss, "grad_norm": grad_norm,
-                                 "ratio": decision.ratio, "pruned": changed, "sparsity": self.sparsity,
+                                 "ratio": decision.ratio, "pruned": changed, "sparsity": sparsity,
                                  "action": decision.action.name.lower(), "reason": decision.reason}  # fmt: skip
         self.history.append(entry)
         self._log(trainer, pl_module, entry)
@@ -264,30 +266,25 @@ class RealTimePruningCallback(Callback):
                 f"ratio {decision.ratio:.4f}, sparsity {entry['sparsity']:.4f}"
             )
 
-    @staticmethod
-    def _reduced(trainer: "L.Trainer", value: torch.Tensor) -> float:
-        # each rank saw its own shard: decide on the mean, identically everywhere
-        return float(trainer.strategy.reduce(value.to(trainer.strategy.root_device), reduce_op="mean"))
-
-    def _decide(self, trainer: "L.Trainer", epoch: int, loss: float, grad_norm: float | None) -> Decision:
+    def _decide(self, trainer: "L.Trainer", epoch: int, loss: float, grad_norm: float | None, sparsity: float):
         if self._done:
             return Decision(Action.DONE, 0.0, "done")
         if epoch < self.start_epoch:
             return Decision(Action.PAUSE, 0.0, f"waiting for start_epoch={self.start_epoch}")
         steps_per_epoch = max(1, trainer.estimated_stepping_batches // max(1, trainer.max_epochs or 1))
         intervals_left = self.window.intervals_left(epoch, trainer.global_step, steps_per_epoch)
-        decision = self.controller.step(loss, grad_norm, self.sparsity, intervals_left, self.pruner.resolution())
+        decision = self.controller.step(loss, grad_norm, sparsity, intervals_left, self.pruner.resolution())
         if not math.isfinite(loss):
             rank_zero_warn(f"RealTimePruningCallback: the monitored `{self.monitor}` is non-finite ({loss}): NaN "
                            "or infinite losses are never pruned on; pausing this interval.")  # fmt: skip
         return decision
 
-    def _act(self, trainer: "L.Trainer", decision: Decision) -> int:
+    def _act(self, trainer: "L.Trainer", decision: Decision, remaining: int) -> int:
         """Carry out the decision; returns the weights cut (negative: restored)."""
         if decision.action == Action.ROLLBACK:
             return -self.pruner.undo()
         self.pruner.before_decision(trainer)
-        return self.pruner.prune(trainer, decision.ratio) if decision.prunes else 0
+        return self.pruner.prune(trainer, decision.ratio, remaining) if decision.prunes else 0
 
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self.pruner.finish(trainer)
@@ -311,7 +308,7 @@ class RealTimePruningCallback(Callback):
         metrics = {"pruning/sparsity": entry["sparsity"], "pruning/ratio": entry["ratio"],
                    "pruning/action": float(Action[entry["action"].upper()]),
                    "pruning/skipped_steps": float(self._signals.skipped_steps),
-                   **self.pruner.readouts(self.log_layers)}  # fmt: skip
+                   **self.pruner.readouts(self.log_layers, entry["sparsity"])}  # fmt: skip
         if entry["grad_norm"] is not None:
             metrics["grad_norm/total"] = entry["grad_norm"]
         if not self.window.per_step:

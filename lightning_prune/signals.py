@@ -43,6 +43,11 @@ class RunningMean:
         self.total, self.count = state["total"], state["count"]
 
 
+def reduce_mean(strategy: Any, value: Tensor) -> float:
+    """The mean over the ranks (each saw its own shard), the same on every rank: what decisions are made on."""
+    return float(strategy.reduce(value.to(strategy.root_device), reduce_op="mean"))
+
+
 @torch.no_grad()
 def total_grad_norm(parameters: list[Tensor]) -> Tensor | None:
     """The 2-norm of all gradients together, in fused kernels (None when no parameter has a gradient)."""

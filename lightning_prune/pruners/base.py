@@ -121,6 +121,14 @@ class Pruner:
     def prunable_now(self) -> dict[str, Tensor]:
         return {name: self.masks.weights[name] for name in self.prunable if name in self.masks.weights}
 
+    def remaining(self) -> int:
+        """Prunable weights not zero now."""
+        return count_nonzero(self.prunable_now()) if self.masks is not None else self.initial_weights
+
+    def sparsity_at(self, remaining: int) -> float:
+        """The sparsity with ``remaining`` prunable weights left."""
+        return sparsity_of(remaining, self.initial_weights)
+
     @property
     def sparsity(self) -> float:
         """Fraction of the prunable weights that are zero now, or removed, against their number before pruning."""
@@ -129,14 +137,17 @@ class Pruner:
         return sparsity_of(count_nonzero(self.prunable_now()), self.initial_weights)
 
     @torch.no_grad()
-    def readouts(self, per_layer: bool = False) -> dict[str, float]:
+    def readouts(self, per_layer: bool = False, sparsity: float | None = None) -> dict[str, float]:
         """What the model looks like now, for the logs: its parameters (all, and non-zero), its effective MACs per
         sample (when a forward pass on an example input works) and, with ``per_layer``, each prunable weight's
-        sparsity."""
-        params = list(self.module.parameters())
+        sparsity. ``sparsity``, when known, spares counting the prunable weights again."""
+        prunable = set(self.prunable)
+        named = dict(self.module.named_parameters())
+        nonzero = self.remaining() if sparsity is None else round((1 - sparsity) * self.initial_weights)
+        nonzero += sum(int(p.count_nonzero()) for n, p in named.items() if n not in prunable)
         values = {
-            "pruning/params_nonzero": float(sum(int(p.count_nonzero()) for p in params)),
-            "pruning/params_total": float(sum(p.numel() for p in params)),
+            "pruning/params_nonzero": float(nonzero),
+            "pruning/params_total": float(sum(p.numel() for p in named.values())),
         }
         candidates = [self.example_input, *self.candidates] if self.example_input is not None else self.candidates
         targets = structured.forward_targets(self.module, owner_names(self.prunable))
@@ -181,10 +192,10 @@ class Pruner:
             count = needed if ratio * remaining >= needed - 1 else min(count, needed)
         return max(count, 0)
 
-    def prune(self, trainer: "L.Trainer", ratio: float) -> int:
-        """Cut ``ratio`` of the remaining prunable weights; return how many prunable weights went."""
+    def prune(self, trainer: "L.Trainer", ratio: float, remaining: int | None = None) -> int:
+        """Cut ``ratio`` of the ``remaining`` prunable weights (counted when not given); return how many went."""
         prunable = self.prunable_now()
-        selection = self.select(self.cut_count(ratio, count_nonzero(prunable)))
+        selection = self.select(self.cut_count(ratio, count_nonzero(prunable) if remaining is None else remaining))
         # under DDP every rank must hold rank 0's masks, bit for bit
         selection = trainer.strategy.broadcast(selection, src=0)
         # what goes: the prunable weights among the cut entries that were not zero already

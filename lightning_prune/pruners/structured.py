@@ -190,8 +190,8 @@ class StructuredPruner(Pruner):
                 break
         return chosen
 
-    def prune(self, trainer: "L.Trainer", ratio: float) -> int:
-        removed = super().prune(trainer, ratio)
+    def prune(self, trainer: "L.Trainer", ratio: float, remaining: int | None = None) -> int:
+        removed = super().prune(trainer, ratio, remaining)
         self._refresh_norms()
         return removed
 
