@@ -120,20 +120,21 @@ class PruningMasks:
             Flat indices to cut, per weight name (only weights that lose something).
         """
         names, candidates, positions = [], [], []
-        pruned = self.pruned
         for name, w in self.weights.items():
-            remaining = (~pruned[name]).view(-1).nonzero().squeeze(1)
-            removable = remaining.numel() - math.ceil(min_layer_density * w.numel())
+            # the positions still there (None: all of them, a tensor never cut)
+            remaining = (self.keep[name].view(-1) != 0).nonzero().squeeze(1) if name in self.keep else None
+            alive = w.numel() if remaining is None else remaining.numel()
+            removable = alive - math.ceil(min_layer_density * w.numel())
             if removable <= 0:
                 continue
-            score = scores[name].reshape(-1)[remaining].float()
+            score = scores[name].reshape(-1)
+            score = score.float().clone() if remaining is None else score[remaining].float()
             if normalize_per_layer:
                 scale = score.mean()
                 score = score / scale if scale > 0 else torch.zeros_like(score)
-            if removable < min(count, remaining.numel()):
-                # a cut this large could take the layer below its floor: protect its most salient survivors
-                protected = torch.topk(score, remaining.numel() - removable).indices
-                score[protected] = math.inf
+            if removable < min(count, alive):
+                # a cut this large could take the layer below its floor: only its least salient can go
+                score[~lowest(score, removable)] = math.inf
             names.append(name)
             candidates.append(score)
             positions.append(remaining)
@@ -143,10 +144,10 @@ class PruningMasks:
         chosen = lowest(everything, count)
         selection, offset = {}, 0
         for name, score, remaining in zip(names, candidates, positions, strict=True):
-            picked = chosen[offset : offset + score.numel()].to(remaining.device)
+            picked = chosen[offset : offset + score.numel()].to(self.weights[name].device)
             offset += score.numel()
             if picked.any():
-                selection[name] = remaining[picked]
+                selection[name] = picked.nonzero().squeeze(1) if remaining is None else remaining[picked]
         return selection
 
     # -- cutting and keeping cut ----------------------------------------------------------------------------------
