@@ -217,3 +217,23 @@ def test_without_a_terminal_the_fit_prints_plain_progress_lines_during_the_epoch
     assert "train_loss" in during[0] and "it/s" in during[0] and "left" in during[0]
     assert any(line.startswith("Epoch 0 validation,") and "val_acc" in line for line in lines)
     assert any(line.startswith("Epoch 0 done in") for line in lines)
+
+
+def test_plain_progress_prints_every_few_percent_not_every_step():
+    from types import SimpleNamespace
+
+    from lightning_prune.cli.progress import PlainProgressBar
+
+    class HundredBatches(PlainProgressBar):
+        total_train_batches = 100
+
+        def get_metrics(self, trainer, pl_module):
+            return {}
+
+    bar, lines = HundredBatches(every_percent=10, every_seconds=3600), []
+    bar._say = lines.append
+    trainer = SimpleNamespace(current_epoch=0)
+    bar.on_train_epoch_start(trainer, None)
+    for batch_idx in range(100):
+        bar.on_train_batch_end(trainer, None, None, None, batch_idx)
+    assert [line.split()[3] for line in lines] == [f"{k}/100" for k in range(10, 101, 10)]

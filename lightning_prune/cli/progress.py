@@ -46,7 +46,7 @@ class PlainProgressBar(ProgressBar):
         self._enabled = True
         self._epoch_start = 0.0
         self._last_print = 0.0
-        self._last_batch = -1
+        self._last_done = 0
 
     def disable(self) -> None:
         self._enabled = False
@@ -60,7 +60,7 @@ class PlainProgressBar(ProgressBar):
 
     def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self._epoch_start = self._last_print = time.monotonic()
-        self._last_batch = -1
+        self._last_done = 0
 
     def on_train_batch_end(
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", outputs: Any, batch: Any, batch_idx: int
@@ -68,12 +68,13 @@ class PlainProgressBar(ProgressBar):
         done, total = batch_idx + 1, self.total_train_batches
         now = time.monotonic()
         step = max(1, int(total * self.every_percent / 100)) if total != float("inf") else None
+        # due every `step` batches (a multiple of it was reached since the last line) or every few seconds
         due = now - self._last_print >= self.every_seconds or (
-            step is not None and done // step > self._last_batch // step
+            step is not None and done // step > self._last_done // step
         )
         if not due and done != total:
             return
-        self._last_print, self._last_batch = now, batch_idx
+        self._last_print, self._last_done = now, done
         elapsed = now - self._epoch_start
         rate = done / elapsed if elapsed > 0 else float("nan")
         progress = f"{done}/{total} ({100 * done / total:.0f}%)" if step is not None else f"{done}"
