@@ -9,7 +9,7 @@ import pytest
 
 from lightning_prune.cli import main
 from lightning_prune.compare import baselines
-from lightning_prune.compare.cli import without_pruning_options
+from lightning_prune.compare.cli import build_parser, plan_comparison, without_pruning_options
 from lightning_prune.schedule import PruningWindow
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -39,6 +39,7 @@ def test_pruning_overrides_reach_only_the_pruned_arm():
     ("change", "message"),
     [
         ({"--seeds": "0"}, "argument --seeds: must be at least 1"),
+        ({"--first-seed": "-1"}, "argument --first-seed: must be 0 or more"),
         ({"--config": "missing.yaml"}, "argument --config: file not found: missing.yaml"),
         ({"--prune-config": "missing.yaml"}, "argument --prune-config: file not found"),
         ({"--baseline": "magic"}, "argument --baseline: invalid choice: 'magic'"),
@@ -73,3 +74,14 @@ def test_compare_help_from_the_console_script():
     assert result.returncode == 0, result.stderr
     for text in ("usage: lightning-prune compare", "--prune-config", "--seeds", "--baseline", "--no-wandb", "resumes"):
         assert text in result.stdout, text
+
+
+def test_first_seed_plans_fresh_seeds_for_a_confirmation(tmp_path):
+    parser = build_parser()
+    argv = ["--config", str(CONFIGS / "mnist_cnn.yaml"), "--prune-config", str(CONFIGS / "prune.yaml"),
+            "--output", str(tmp_path / "confirm"), "--no-wandb", "--seeds", "2", "--first-seed", "5"]  # fmt: skip
+    options, overrides = parser.parse_known_args(argv)
+    comparison = plan_comparison(parser, options, overrides)
+    assert comparison.seeds == [5, 6]
+    assert sorted(spec.directory.name for spec in comparison.specs()) == [
+        "pruned-seed5", "pruned-seed6", "unpruned-seed5", "unpruned-seed6"]  # fmt: skip

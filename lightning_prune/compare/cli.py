@@ -57,7 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="task config(s) as for `lightning-prune fit`, for every arm; repeatable")  # fmt: skip
     parser.add_argument("--prune-config", required=True, metavar="YAML",
                         help="the pruning recipe added for the pruned arm, e.g. configs/prune.yaml")  # fmt: skip
-    parser.add_argument("--seeds", type=int, default=5, metavar="N", help="seeds 0..N-1 per arm (default: 5)")
+    parser.add_argument("--seeds", type=int, default=5, metavar="N",
+                        help="N seeds per arm, from --first-seed on (default: 5)")  # fmt: skip
+    parser.add_argument("--first-seed", type=int, default=0, metavar="K",
+                        help="the first seed (default: 0); e.g. --first-seed 5 confirms a recipe chosen on seeds 0-4 "
+                        "on fresh seeds")  # fmt: skip
     parser.add_argument("--output", default=None, metavar="DIR",
                         help="output folder, also the W&B group (default: runs/compare-<config name>)")  # fmt: skip
     parser.add_argument("--baseline", action="append", choices=BASELINES, default=[],
@@ -181,6 +185,8 @@ def plan_comparison(parser: argparse.ArgumentParser, options: argparse.Namespace
     """Check the options and the arms' configs, and plan the runs. Errors go through ``parser.error`` (exit 2)."""
     if options.seeds < 1:
         parser.error(f"argument --seeds: must be at least 1, got {options.seeds}")
+    if options.first_seed < 0:
+        parser.error(f"argument --first-seed: must be 0 or more, got {options.first_seed}")
     if options.profile_threads < 1:
         parser.error(f"argument --profile-threads: must be at least 1, got {options.profile_threads}")
     for flag, value in (("--jobs", options.jobs), ("--jobs-per-device", options.jobs_per_device)):
@@ -242,7 +248,7 @@ def plan_comparison(parser: argparse.ArgumentParser, options: argparse.Namespace
         margin, margin_source = options.margin, "--margin"
     return Comparison(
         output=output,
-        seeds=list(range(options.seeds)),
+        seeds=list(range(options.first_seed, options.first_seed + options.seeds)),
         arms=arms,
         wandb=not options.no_wandb and project is not None,
         project=project or "lightning-prune",
