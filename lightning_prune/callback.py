@@ -13,11 +13,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_prune.controller import Action, Decision, IntervalRecord, RatioController, unreachable_target
+from lightning_prune.guard import Guard
 from lightning_prune.importance import IMPORTANCE_METHODS
 from lightning_prune.inputs import candidate_inputs
+from lightning_prune.logs import decision_metrics, log_decision, log_final
 from lightning_prune.pruners import PRUNER_MODES, SHRINK_WHEN, make_pruner
 from lightning_prune.schedule import DEFAULT_END_FRACTION, PruningWindow
-from lightning_prune.signals import PacingSignals, reduce_mean
+from lightning_prune.signals import PacingSignals, guard_value, reduce_mean
 from lightning_prune.validation import check_bool, check_choice, check_int, check_name, check_number, check_patterns
 
 __all__ = ["DEFAULT_END_FRACTION", "RealTimePruningCallback"]
@@ -52,6 +54,9 @@ class RealTimePruningCallback(Callback):
             the last), >= 1: the per-step cost divided by it, the memory of the past unchanged.
         shrink_when: Structured mode: ``"during"`` removes cut channels at the next interval (training gets cheaper),
             ``"end"`` keeps them masked and leaves the compaction to :meth:`export`.
+        guard, guard_mode, max_drop: Guard mode (:class:`~lightning_prune.guard.Guard`): a cut after which the logged
+            ``guard`` metric (e.g. ``"val_acc"``) ends up more than ``max_drop`` worse than before the first cut
+            (``guard_mode`` ``"max"``: higher is better) is undone; with ``target_sparsity=None``, prune that far.
         log_layers: Also log each weight's sparsity as ``pruning/layer/<name>``.
         verbose: Print each interval's decision.
 
@@ -97,6 +102,9 @@ class RealTimePruningCallback(Callback):
         saliency_every: int = 16,
         grad_damping: float = 2.0,
         shrink_when: str = "during",
+        guard: str | None = None,
+        guard_mode: str = "max",
+        max_drop: float = 0.0,
         log_layers: bool = False,
         verbose: bool = False,
     ) -> None:
@@ -108,6 +116,7 @@ class RealTimePruningCallback(Callback):
         check_name("monitor", monitor, "a logged metric")
         check_number("saliency_beta", saliency_beta, 0, 1, high_open=True)
         self.saliency_every = check_int("saliency_every", saliency_every, 1)
+        self.guard = Guard(guard, guard_mode, max_drop)
         parameters, exclude = check_patterns("parameters", parameters), check_patterns("exclude", exclude)
         for name, flag in (("normalize_per_layer", normalize_per_layer), ("log_layers", log_layers),
                            ("verbose", verbose)):  # fmt: skip
@@ -186,16 +195,16 @@ class RealTimePruningCallback(Callback):
         self._trained = [p for p in pl_module.parameters() if p.requires_grad]
         self.window.resolve(trainer.max_epochs)
         if self.verbose:
-            rank_zero_info(
-                f"RealTimePruningCallback ({self.mode}): pruning {len(self.pruner.prunable)} weight tensors "
-                f"({self.pruner.initial_weights:,} weights), epochs [{self.start_epoch}, {self.end_epoch})"
-            )
+            weights = f"{len(self.pruner.prunable)} tensors ({self.pruner.initial_weights:,} weights)"
+            rank_zero_info(f"RealTimePruningCallback ({self.mode}): pruning {weights}, epochs [{self.start_epoch}, "
+                           f"{self.end_epoch})")  # fmt: skip
 
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         # the data is known now: say at once when the window can never open or the target cannot be reached
         steps_per_epoch = trainer.num_training_batches / max(1, trainer.accumulate_grad_batches)
         problems = self.window.problems(trainer.max_epochs, steps_per_epoch) if not self.history else []
-        for problem in problems or unreachable_target(self.controller, self.min_layer_density, self.window):
+        problems = problems or unreachable_target(self.controller, self.min_layer_density, self.window)
+        for problem in problems + self.guard.problems(trainer.enable_validation):
             rank_zero_warn(f"RealTimePruningCallback: {problem}")
 
     # -- per step: cheap, in place --------------------------------------------------------------------------------
@@ -239,8 +248,13 @@ class RealTimePruningCallback(Callback):
     # -- per interval ---------------------------------------------------------------------------------------------
 
     def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        if self.window.decides_after_epoch(trainer.current_epoch):
+        # a cut on probation is judged even after the window closed
+        if self.window.decides_after_epoch(trainer.current_epoch) or self.guard.pending:
             self._run_interval(trainer, pl_module)
+
+    def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if self.guard.metric is not None and not trainer.sanity_checking:
+            self.guard.observe(reduce_mean(trainer.strategy, guard_value(self.guard.metric, trainer.callback_metrics)))
 
     def _run_interval(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         epoch = trainer.current_epoch
@@ -252,21 +266,22 @@ class RealTimePruningCallback(Callback):
         decision = self._decide(trainer, epoch, loss, grad_norm, self.pruner.sparsity_at(remaining))
         changed = self._act(trainer, decision, remaining)
         sparsity = self.sparsity if changed < 0 else self.pruner.sparsity_at(remaining - changed)
-        if decision.action == Action.DONE:
+        if decision.action == Action.DONE or self.guard.exhausted:
             self._done = True
             self.pruner.saliency.release()  # no decision will read it again
         entry: IntervalRecord = {"epoch": epoch, "step": trainer.global_step, "loss": loss, "grad_norm": grad_norm,
                                  "ratio": decision.ratio, "pruned": changed, "sparsity": sparsity,
                                  "action": decision.action.name.lower(), "reason": decision.reason}  # fmt: skip
         self.history.append(entry)
-        self._log(trainer, pl_module, entry)
+        metrics = decision_metrics(entry, self._signals.skipped_steps, self.pruner.readouts(self.log_layers, sparsity))
+        log_decision(trainer, pl_module, metrics, self.window.per_step)
         if self.verbose:
-            rank_zero_info(
-                f"pruning @ epoch {epoch} step {entry['step']}: {entry['action']} ({decision.reason}), "
-                f"ratio {decision.ratio:.4f}, sparsity {entry['sparsity']:.4f}"
-            )
+            rank_zero_info(f"pruning @ epoch {epoch} step {entry['step']}: {entry['action']} ({decision.reason}), "
+                           f"ratio {decision.ratio:.4f}, sparsity {entry['sparsity']:.4f}")  # fmt: skip
 
     def _decide(self, trainer: "L.Trainer", epoch: int, loss: float, grad_norm: float | None, sparsity: float):
+        if (guarded := self.guard.decision(self.controller)) is not None:
+            return guarded
         if self._done:
             return Decision(Action.DONE, 0.0, "done")
         if epoch < self.start_epoch:
@@ -283,10 +298,17 @@ class RealTimePruningCallback(Callback):
         """Carry out the decision; returns the weights cut (negative: restored)."""
         if decision.action == Action.ROLLBACK:
             return -self.pruner.undo()
-        self.pruner.before_decision(trainer)
-        return self.pruner.prune(trainer, decision.ratio, remaining) if decision.prunes else 0
+        if not self.guard.pending:  # a cut on probation is not made final
+            self.pruner.before_decision(trainer)
+        cut = self.pruner.prune(trainer, decision.ratio, remaining) if decision.prunes else 0
+        if cut:
+            self.guard.after_cut()
+        return cut
 
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if not self.guard.keeps_last_cut():
+            rank_zero_warn(f"RealTimePruningCallback: the last cut was not kept by `{self.guard.metric}` or no "
+                           f"validation judged it: undone ({self.pruner.undo()} weights back).")  # fmt: skip
         self.pruner.finish(trainer)
 
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
@@ -294,38 +316,17 @@ class RealTimePruningCallback(Callback):
         if not trainer.is_global_zero:
             return
         self.final_profile = self.pruner.final_profile(pl_module)
-        for logger in trainer.loggers if self.final_profile is not None else ():
-            logger.log_metrics(
-                {f"pruning/final/{k}": float(v) for k, v in self.final_profile.items()}, trainer.global_step
-            )
+        log_final(trainer, self.final_profile)
 
     def teardown(self, trainer: "L.Trainer", pl_module: "L.LightningModule", stage: str) -> None:
         self.pruner.teardown(pl_module)
-
-    # -- logging --------------------------------------------------------------------------------------------------
-
-    def _log(self, trainer: "L.Trainer", pl_module: "L.LightningModule", entry: IntervalRecord) -> None:
-        metrics = {"pruning/sparsity": entry["sparsity"], "pruning/ratio": entry["ratio"],
-                   "pruning/action": float(Action[entry["action"].upper()]),
-                   "pruning/skipped_steps": float(self._signals.skipped_steps),
-                   **self.pruner.readouts(self.log_layers, entry["sparsity"])}  # fmt: skip
-        if entry["grad_norm"] is not None:
-            metrics["grad_norm/total"] = entry["grad_norm"]
-        if not self.window.per_step:
-            for name, value in metrics.items():
-                pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False)
-            return
-        # a value self.log()-ged on_step from a callback stays in Lightning's results and is sent again at every later
-        # step: hand step decisions to the loggers directly, once, and make them visible to other callbacks
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-        trainer.callback_metrics.update({k: torch.tensor(v) for k, v in metrics.items()})
 
     # -- persistence ----------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         own = {"controller": self.controller.state_dict(), "history": list(self.history), "done": self._done,
-               "end_epoch": self.end_epoch, "signals": self._signals.state_dict()}  # fmt: skip
+               "end_epoch": self.end_epoch, "signals": self._signals.state_dict(),
+               "guard": self.guard.state_dict()}  # fmt: skip
         return {**own, **self.pruner.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -343,4 +344,6 @@ class RealTimePruningCallback(Callback):
             self.window.end_epoch = state["end_epoch"]
         if "signals" in state:
             self._signals.load_state_dict(state["signals"])
+        if "guard" in state:
+            self.guard.load_state_dict(state["guard"])
         self.pruner.load_state_dict(state)

@@ -203,12 +203,7 @@ class RatioController:
         previous = self.reference_loss
         change = None if previous is None else (loss - previous) / max(abs(previous), MIN_LOSS_SCALE)
         if change is not None and change > self.rollback_tolerance and self._may_roll_back(sparsity, intervals_left):
-            self.ratio = max(self.ratio * self.shrink, self.min_ratio)
-            self.cooldown_left = self.cooldown
-            self.last_cut_undoable = False
-            # the weights go back to where they were before the cut, and so does the loss to compare with
-            self.reference_loss = self.loss_before_last_cut
-            return Decision(Action.ROLLBACK, 0.0, f"loss rose {change:+.1%}: undoing the last cut")
+            return self.reject_last_cut(f"loss rose {change:+.1%}: undoing the last cut")
 
         if change is None:
             action, reason = Action.PRUNE, "first cut"
@@ -228,6 +223,15 @@ class RatioController:
         self.reference_loss = loss
         self.last_cut_undoable = cut > 0
         return Decision(action, cut, reason)
+
+    def reject_last_cut(self, reason: str) -> Decision:
+        """Undo the last cut (the loss rose too far, or the guard refused it): slow down and pause for ``cooldown``."""
+        self.ratio = max(self.ratio * self.shrink, self.min_ratio)
+        self.cooldown_left = self.cooldown
+        self.last_cut_undoable = False
+        # the weights go back to where they were before the cut, and so does the loss to compare with
+        self.reference_loss = self.loss_before_last_cut
+        return Decision(Action.ROLLBACK, 0.0, reason)
 
     def _update_grad_norm(self, grad_norm: float | None) -> float:
         """Update the running mean; return the damping factor (1 = none) for this interval."""

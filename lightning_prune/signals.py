@@ -48,6 +48,17 @@ def reduce_mean(strategy: Any, value: Tensor) -> float:
     return float(strategy.reduce(value.to(strategy.root_device), reduce_op="mean"))
 
 
+def guard_value(name: str, metrics: Mapping[str, Any]) -> Tensor:
+    """The guard metric from a validation run's logged metrics; a missing one names the ones there are."""
+    if name not in metrics:
+        raise RuntimeError(
+            f"RealTimePruningCallback could not read the guard metric `{name}` after validation. Available metrics: "
+            f"{sorted(metrics)}. Log it in `validation_step` (e.g. `self.log({name!r}, acc)`) or pass `guard=` one "
+            "of the available names."
+        )
+    return torch.as_tensor(metrics[name], dtype=torch.float32)
+
+
 @torch.no_grad()
 def total_grad_norm(parameters: list[Tensor]) -> Tensor | None:
     """The 2-norm of all gradients together, in fused kernels (None when no parameter has a gradient)."""

@@ -237,3 +237,13 @@ def test_plain_progress_prints_every_few_percent_not_every_step():
     for batch_idx in range(100):
         bar.on_train_batch_end(trainer, None, None, None, batch_idx)
     assert [line.split()[3] for line in lines] == [f"{k}/100" for k in range(10, 101, 10)]
+
+
+def test_guard_mode_from_the_command_line(tiny_mnist, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    guard = ["--config", str(CONFIGS / "prune.yaml"), "--pruning.target_sparsity", "null", "--pruning.guard",
+             "val_acc", "--pruning.max_drop", "0.005", "--trainer.logger", "false"]  # fmt: skip
+    cli = LightningPruneCLI(args=task_args("mnist_cnn", tiny_mnist, *guard), run=False)
+    pruning = next(cb for cb in cli.trainer.callbacks if cb.__class__.__name__ == "RealTimePruningCallback")
+    assert (pruning.target_sparsity, pruning.guard.metric, pruning.guard.mode, pruning.guard.max_drop) == (
+        None, "val_acc", "max", 0.005)  # fmt: skip

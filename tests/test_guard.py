@@ -1,0 +1,132 @@
+"""Guard mode: a logged validation metric keeps or refuses every cut, and pruning goes as far as it allows."""
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from lightning_prune import RealTimePruningCallback
+from lightning_prune.guard import GUARD_PATIENCE, Guard, Verdict
+
+from helpers import CrashAt, TinyNet, loader, quiet_trainer
+
+
+class DensityNet(TinyNet):
+    """Validation logs the share of the prunable weights still non-zero (and its complement): a guard metric whose
+    value after each cut is known exactly, so the tests know which cuts the guard must keep."""
+
+    def validation_step(self, batch, batch_idx):
+        weights = [self.net[0].weight, self.net[2].weight]  # the classifier net[4] is not pruned
+        density = sum(int(w.count_nonzero()) for w in weights) / sum(w.numel() for w in weights)
+        self.log("val_density", density)
+        self.log("val_sparsity", 1 - density)
+
+
+def guarded(**settings) -> RealTimePruningCallback:
+    # the loss never objects (tolerance far above any change), so every rollback here is the guard's
+    pacing = {"initial_ratio": 0.1, "loss_tolerance": 100.0, "rollback": False, "cooldown": 0}
+    return RealTimePruningCallback(**{**pacing, **settings})
+
+
+@pytest.mark.parametrize(("metric", "mode"), [("val_density", "max"), ("val_sparsity", "min")])
+def test_pruning_goes_as_far_as_the_guard_allows_and_keeps_the_sparsest_model_that_held_it(metric, mode):
+    pruning = guarded(guard=metric, guard_mode=mode, max_drop=0.3)
+    quiet_trainer(max_epochs=14, callbacks=[pruning]).fit(DensityNet(), loader(), loader(64))
+
+    kept = [h["sparsity"] for h in pruning.history if h["sparsity"] <= 0.3 + 1e-9]
+    refused = [h for h in pruning.history if h["action"] == "rollback"]
+    assert 0.2 < pruning.sparsity == pytest.approx(max(kept))
+    assert len(refused) == GUARD_PATIENCE  # then no cut can be kept any longer: pruning ends
+    assert all(f"`{metric}`" in h["reason"] and "max_drop=0.3" in h["reason"] for h in refused)
+    assert refused[-1]["reason"].endswith("pruning ends")
+    after = pruning.history[pruning.history.index(refused[-1]) + 1 :]
+    assert after and all(h["action"] == "done" and h["sparsity"] == pruning.sparsity for h in after)
+
+
+def test_the_reference_rises_with_the_metric_and_a_cut_waits_for_a_validation_run():
+    guard = Guard("val_acc", "max", max_drop=0.01)
+    guard.observe(0.90)
+    assert guard.verdict() is Verdict.NO_CUT and guard.reference == 0.90
+    guard.observe(0.95)  # the network learned before the first cut: the bar rises
+    assert guard.verdict() is Verdict.NO_CUT and guard.reference == 0.95
+    guard.after_cut()
+    assert guard.verdict() is Verdict.WAITING  # the value seen before the cut does not judge it
+    guard.observe(0.935)
+    assert guard.verdict() is Verdict.REFUSED and guard.reference == 0.95
+    guard.after_cut()
+    guard.observe(float("nan"))  # a NaN metric never keeps a cut
+    assert guard.verdict() is Verdict.REFUSED
+    guard.after_cut()
+    guard.observe(0.97)
+    assert guard.verdict() is Verdict.KEPT and guard.reference == 0.97 and guard.refused_in_a_row == 0
+
+
+def test_without_a_metric_every_cut_is_kept_at_once():
+    guard = Guard(None)
+    guard.after_cut()
+    assert not guard.pending and guard.keeps_last_cut() and guard.problems(validation_runs=False) == []
+
+
+def test_a_cut_no_validation_judged_is_undone_at_the_end(tmp_path):
+    # the window covers every epoch, so the last cut comes after the last validation run
+    pruning = guarded(guard="val_density", max_drop=1.0, end_epoch=3)
+    with pytest.warns(UserWarning, match="no validation judged it: undone"):
+        quiet_trainer(max_epochs=3, callbacks=[pruning]).fit(DensityNet(), loader(), loader(64))
+    assert [h["action"] for h in pruning.history] == ["prune", "prune", "prune"]
+    assert pruning.sparsity == pytest.approx(pruning.history[1]["sparsity"])
+    assert pruning.sparsity < pruning.history[2]["sparsity"]
+
+
+def test_a_missing_guard_metric_names_the_logged_ones():
+    pruning = guarded(guard="val_acc")
+    with pytest.raises(RuntimeError, match=r"guard metric `val_acc`.*Available metrics: \[.*'val_density'"):
+        quiet_trainer(max_epochs=2, num_sanity_val_steps=0, callbacks=[pruning]).fit(DensityNet(), loader(), loader(64))
+
+
+def test_a_guard_without_validation_warns_at_fit_start_and_cuts_nothing():
+    pruning = guarded(guard="val_density")
+    with pytest.warns(UserWarning, match="guard='val_density' is read after validation.*nothing will be cut"):
+        quiet_trainer(max_epochs=3, callbacks=[pruning]).fit(TinyNet(), loader())
+    assert pruning.sparsity == 0.0
+    assert all(h["reason"] == "waiting for `val_density` before the first cut" for h in pruning.history[:2])
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"guard": 3}, "`guard` must be None or the name of a logged validation metric, got 3"),
+        ({"guard": ""}, "`guard` must be None or the name"),
+        ({"guard_mode": "up"}, "`guard_mode` must be one of"),
+        ({"max_drop": -0.1}, "`max_drop` must be a number in [0, inf]"),
+        ({"max_drop": math.nan}, "`max_drop` must be a number"),
+    ],
+)
+def test_bad_guard_settings_name_themselves(settings, message):
+    with pytest.raises(ValueError) as error:
+        RealTimePruningCallback(**settings)
+    assert message in str(error.value)
+
+
+def test_resume_keeps_the_guards_reference_and_its_pending_cut(tmp_path):
+    settings = {"guard": "val_density", "max_drop": 0.3}
+    torch.manual_seed(0)
+    straight = guarded(**settings)
+    quiet_trainer(max_epochs=8, callbacks=[straight]).fit(DensityNet(), loader(), loader(64))
+
+    torch.manual_seed(0)
+    first = guarded(**settings)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = quiet_trainer(max_epochs=8, callbacks=[first, checkpoint, CrashAt(3)], enable_checkpointing=True)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit(DensityNet(), loader(), loader(64))
+    assert first.guard.pending and first.guard.reference == 1.0
+
+    second = guarded(**settings)
+    quiet_trainer(max_epochs=8, callbacks=[second]).fit(
+        DensityNet(), loader(), loader(64), ckpt_path=str(tmp_path / "last.ckpt")
+    )
+    assert [(h["action"], h["sparsity"]) for h in second.history] == [
+        (h["action"], h["sparsity"]) for h in straight.history
+    ]
+    assert second.sparsity == straight.sparsity
