@@ -40,6 +40,9 @@ def test_pruning_overrides_reach_only_the_pruned_arm():
     [
         ({"--seeds": "0"}, "argument --seeds: must be at least 1"),
         ({"--first-seed": "-1"}, "argument --first-seed: must be 0 or more"),
+        ({"--baseline": "gmp@1.5"}, "argument --baseline: 'gmp@1.5': the target after @ must be a sparsity in (0, 1)"),
+        ({"--baseline": "gmp@high"}, "argument --baseline: 'gmp@high': the target after @ must be a sparsity"),
+        ({"--baseline": "gmp@0.5", "--arm": "gmp_0.5=--pruning.max_ratio=0.7"}, "an arm has the name of a baseline"),
         ({"--config": "missing.yaml"}, "argument --config: file not found: missing.yaml"),
         ({"--prune-config": "missing.yaml"}, "argument --prune-config: file not found"),
         ({"--baseline": "magic"}, "argument --baseline: invalid choice: 'magic'"),
@@ -85,3 +88,18 @@ def test_first_seed_plans_fresh_seeds_for_a_confirmation(tmp_path):
     assert comparison.seeds == [5, 6]
     assert sorted(spec.directory.name for spec in comparison.specs()) == [
         "pruned-seed5", "pruned-seed6", "unpruned-seed5", "unpruned-seed6"]  # fmt: skip
+
+
+def test_a_sweep_of_fixed_schedules_each_at_its_own_target_beside_a_guarded_arm(tmp_path):
+    parser = build_parser()
+    argv = ["--config", str(CONFIGS / "mnist_cnn.yaml"), "--prune-config", str(CONFIGS / "prune.yaml"),
+            "--output", str(tmp_path / "sweep"), "--no-wandb", "--trainer.max_epochs", "5",
+            "--pruning.target_sparsity", "null", "--pruning.guard", "val_acc",
+            "--baseline", "gmp@0.5", "--baseline", "gmp@0.95", "--baseline", "modelpruning@0.9"]  # fmt: skip
+    options, overrides = parser.parse_known_args(argv)
+    comparison = plan_comparison(parser, options, overrides)
+    schedules = {arm.name: arm.schedule for arm in comparison.arms}
+    assert list(schedules) == ["unpruned", "pruned", "gmp_0.5", "gmp_0.95", "modelpruning_0.9"]
+    assert sorted(schedules["gmp_0.95"]) == PruningWindow().decision_epochs(5) == [0, 1, 2, 3]
+    for name, target in (("gmp_0.5", 0.5), ("gmp_0.95", 0.95), ("modelpruning_0.9", 0.9)):
+        assert 1 - math.prod(1 - a for a in schedules[name].values()) == pytest.approx(target)

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import re
 import shlex
 from collections.abc import Sequence
@@ -64,9 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "on fresh seeds")  # fmt: skip
     parser.add_argument("--output", default=None, metavar="DIR",
                         help="output folder, also the W&B group (default: runs/compare-<config name>)")  # fmt: skip
-    parser.add_argument("--baseline", action="append", choices=BASELINES, default=[],
+    parser.add_argument("--baseline", action="append", default=[], type=_baseline_option, metavar="NAME[@TARGET]",
                         help="extra arm at the pruned arm's target sparsity and window: Lightning's ModelPruning "
-                        "(uniform global L1) or gmp (cubic gradual magnitude); repeatable")  # fmt: skip
+                        "(uniform global L1) or gmp (cubic gradual magnitude); NAME@TARGET prunes to TARGET "
+                        "instead (arm NAME_TARGET: gmp@0.95 is gmp_0.95, for a sweep of fixed schedules); "
+                        "repeatable")  # fmt: skip
     parser.add_argument("--arm", action="append", default=[], metavar="NAME=OPTIONS", type=_arm_option,
                         help="extra pruned arm: the pruned arm's configuration plus OPTIONS, e.g. "
                         "--arm 'structured=--pruning.mode=structured' or --arm 't95=--pruning.target_sparsity=0.95'; "
@@ -135,6 +138,31 @@ def _arm_option(text: str) -> tuple[str, tuple[str, ...]]:
     if not split:
         raise argparse.ArgumentTypeError(f"{text!r}: no options after {name}=; an arm must differ from `pruned`")
     return name, split
+
+
+def _baseline_option(text: str) -> tuple[str, float | None]:
+    """``NAME`` or ``NAME@TARGET`` of ``--baseline``: the baseline and its own target sparsity (None: the pruned arm's).
+
+    Example:
+        >>> _baseline_option("gmp@0.95"), _baseline_option("modelpruning")
+        (('gmp', 0.95), ('modelpruning', None))
+    """
+    name, at, target = text.partition("@")
+    if name not in BASELINES:
+        raise argparse.ArgumentTypeError(f"invalid choice: {name!r} (choose from {', '.join(BASELINES)})")
+    if not at:
+        return name, None
+    try:
+        value = float(target)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: the target after @ must be a sparsity in (0, 1), got {target!r}")
+    return name, value
+
+
+def baseline_arm_name(baseline: str, target: float | None) -> str:
+    return baseline if target is None else f"{baseline}_{target:g}"
 
 
 class _ConfigOnly(LightningPruneCLI):
@@ -229,9 +257,11 @@ def plan_comparison(parser: argparse.ArgumentParser, options: argparse.Namespace
         if arm_config.get("pruning") is None:
             parser.error(f"argument --arm: {name} configures no `pruning:` callback")
         arms.append(Arm(name, arm_args, config=without_per_run_keys(arm_config.as_dict())))
-    for baseline in dict.fromkeys(options.baseline):
-        amounts = _baseline_amounts(parser, baseline, pruning_args, pruned_config)
-        arms.append(Arm(baseline, plain, amounts, config=plain_resolved))
+    for baseline, target in dict.fromkeys(options.baseline):
+        amounts = _baseline_amounts(parser, baseline, pruning_args, pruned_config, target)
+        arms.append(Arm(baseline_arm_name(baseline, target), plain, amounts, config=plain_resolved))
+    if len({arm.name for arm in arms}) < len(arms):
+        parser.error(f"argument --arm: an arm has the name of a baseline arm: {', '.join(arm.name for arm in arms)}")
     output = Path(options.output or f"runs/compare-{Path(options.config[0]).stem}").resolve()
     project = _wandb_project(plain_config)
     settings = {
@@ -273,10 +303,10 @@ def default_margin(config: Namespace) -> tuple[float, str]:
 
 
 def _baseline_amounts(
-    parser: argparse.ArgumentParser, baseline: str, pruning: Namespace, config: Namespace
+    parser: argparse.ArgumentParser, baseline: str, pruning: Namespace, config: Namespace, target: float | None = None
 ) -> dict[int, float]:
-    """The baseline's ModelPruning schedule: the pruned arm's target, over the pruned arm's pruning epochs."""
-    target = pruning.get("target_sparsity")
+    """The baseline's ModelPruning schedule: its own target (or the pruned arm's), over the pruned arm's epochs."""
+    target = pruning.get("target_sparsity") if target is None else target
     if target is None:
         parser.error(f"argument --baseline: {baseline} prunes to the pruned arm's target: set "
                      "`target_sparsity` in --prune-config or --pruning.target_sparsity")  # fmt: skip
