@@ -247,3 +247,12 @@ def test_guard_mode_from_the_command_line(tiny_mnist, tmp_path, monkeypatch):
     pruning = next(cb for cb in cli.trainer.callbacks if cb.__class__.__name__ == "RealTimePruningCallback")
     assert (pruning.target_sparsity, pruning.guard.metric, pruning.guard.mode, pruning.guard.max_drop) == (
         None, "val_acc", "max", 0.005)  # fmt: skip
+
+
+def test_turning_the_progress_bar_off_drops_the_task_configs_bar(tiny_mnist, tmp_path, monkeypatch):
+    # the task configs list a RichProgressBar, which Lightning refuses beside enable_progress_bar=False
+    monkeypatch.chdir(tmp_path)
+    quiet = ["--trainer.enable_progress_bar", "false", "--trainer.fast_dev_run", "true", "--trainer.logger", "false"]
+    cli = LightningPruneCLI(args=task_args("mnist_cnn", tiny_mnist, *quiet), run=False)
+    assert cli.trainer.progress_bar_callback is None
+    assert not any("ProgressBar" in type(cb).__name__ for cb in cli.trainer.callbacks)

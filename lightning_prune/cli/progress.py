@@ -101,13 +101,20 @@ class PlainProgressBar(ProgressBar):
 
 def use_plain_progress_when_piped(config: Namespace, stream: Any = None) -> bool:
     """When the output is not a terminal, swap a configured Rich / tqdm progress bar in a LightningCLI ``config`` for
-    :class:`PlainProgressBar` (or add one where Lightning would add its tqdm bar). Returns whether it did."""
+    :class:`PlainProgressBar` (or add one where Lightning would add its tqdm bar). Returns whether it did. With
+    ``--trainer.enable_progress_bar false`` it drops the configured bar instead: Lightning refuses a bar callback
+    then, and the task configs list one."""
     stream = stream if stream is not None else sys.stdout
-    if stream.isatty() or config.get("trainer.enable_progress_bar") is False:
-        return False
-    plain = Namespace(class_path=f"{__name__}.PlainProgressBar", init_args=Namespace())
     configured = list(config.get("trainer.callbacks") or [])
     names = [str(getattr(cb, "class_path", type(cb).__name__)).rsplit(".", 1)[-1] for cb in configured]
+    if config.get("trainer.enable_progress_bar") is False:
+        config["trainer.callbacks"] = [
+            cb for cb, name in zip(configured, names, strict=True) if "ProgressBar" not in name
+        ]
+        return False
+    if stream.isatty():
+        return False
+    plain = Namespace(class_path=f"{__name__}.PlainProgressBar", init_args=Namespace())
     callbacks = [plain if name in PROGRESS_BARS else cb for cb, name in zip(configured, names, strict=True)]
     if not any("ProgressBar" in name for name in names):  # Lightning would add its tqdm bar
         callbacks.append(plain)
