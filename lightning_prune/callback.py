@@ -248,8 +248,7 @@ class RealTimePruningCallback(Callback):
     # -- per interval ---------------------------------------------------------------------------------------------
 
     def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
-        # a cut on probation is judged even after the window closed
-        if self.window.decides_after_epoch(trainer.current_epoch) or self.guard.pending:
+        if self.window.decides_after_epoch(trainer.current_epoch):
             self._run_interval(trainer, pl_module)
 
     def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:

@@ -130,3 +130,16 @@ def test_resume_keeps_the_guards_reference_and_its_pending_cut(tmp_path):
         (h["action"], h["sparsity"]) for h in straight.history
     ]
     assert second.sparsity == straight.sparsity
+
+
+def test_step_intervals_judge_each_cut_by_the_validation_run_after_it():
+    # 16 steps an epoch, a decision and a validation run every 4 steps
+    pruning = guarded(guard="val_density", max_drop=0.3, interval=4, interval_unit="step")
+    trainer = quiet_trainer(max_epochs=3, val_check_interval=4, callbacks=[pruning])
+    trainer.fit(DensityNet(), loader(), loader(64))
+    # the validation run at a decision's step comes after the cut: the next decision judges it, without waiting
+    reasons = [h["reason"] for h in pruning.history]
+    assert reasons[0] == "waiting for `val_density` before the first cut"
+    assert not any("after the last cut" in reason for reason in reasons)
+    assert [h["action"] for h in pruning.history].count("rollback") == GUARD_PATIENCE
+    assert 0.2 < pruning.sparsity <= 0.3
