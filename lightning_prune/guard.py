@@ -16,8 +16,8 @@ from lightning_prune.controller import Action, Decision, RatioController
 from lightning_prune.validation import check_choice, check_name, check_number
 
 GUARD_MODES = ("max", "min")
-# refused cuts in a row after which pruning ends: each refusal also halves the pace, so the last one tried a cut
-# an eighth the size of the first refused one
+# refused cuts in a row after which pruning ends: each refusal also slows the pace (the controller's `shrink`), so
+# by then smaller cuts were tried too
 GUARD_PATIENCE = 3
 
 

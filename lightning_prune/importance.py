@@ -38,8 +38,9 @@ IMPORTANCE_METHODS = tuple(SCORERS)
 
 
 # Running scores are stored in bfloat16 (half the memory of float32, with its range: |w * grad| spans many decades)
-# when each update moves the average by at least this share: an update is rounded once, and bfloat16's rounding (0.4%)
-# then stalls the average at most 5% from where float32 would be, well inside the scatter of an average over
+# when each update moves the average by at least this share: lerp computes in float32 and rounds the average once
+# (the fresh scores' own rounding enters scaled by the update's weight), and bfloat16's rounding (0.4%) then stalls
+# the average at most 5% from where float32 would be, well inside the scatter of an average over
 # ~1/share noisy gradients. Smaller steps would stall further: they keep float32.
 BFLOAT16_MIN_UPDATE = 0.05
 
@@ -118,7 +119,7 @@ class Saliency:
         fresh = self.scorer([self.weights[n] for n in names], [self.weights[n].grad for n in names])
         running = [self.running[n] for n in names]
         if self.dtype != torch.float32:
-            fresh = [f.to(self.dtype) for f in fresh]  # lerp computes in float32 and rounds once
+            fresh = [f.to(self.dtype) for f in fresh]  # lerp computes in float32 and rounds the average once
         torch._foreach_lerp_(running, fresh, weight)
         self.updates += 1
 

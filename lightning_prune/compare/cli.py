@@ -161,10 +161,6 @@ def _baseline_option(text: str) -> tuple[str, float | None]:
     return name, value
 
 
-def baseline_arm_name(baseline: str, target: float | None) -> str:
-    return baseline if target is None else f"{baseline}_{target:g}"
-
-
 class _ConfigOnly(LightningPruneCLI):
     """Parses (and validates) an arm's arguments without instantiating anything."""
 
@@ -259,7 +255,8 @@ def plan_comparison(parser: argparse.ArgumentParser, options: argparse.Namespace
         arms.append(Arm(name, arm_args, config=without_per_run_keys(arm_config.as_dict())))
     for baseline, target in dict.fromkeys(options.baseline):
         amounts = _baseline_amounts(parser, baseline, pruning_args, pruned_config, target)
-        arms.append(Arm(baseline_arm_name(baseline, target), plain, amounts, config=plain_resolved))
+        name = baseline if target is None else f"{baseline}_{target:g}"
+        arms.append(Arm(name, plain, amounts, config=plain_resolved))
     if len({arm.name for arm in arms}) < len(arms):
         parser.error(f"argument --arm: an arm has the name of a baseline arm: {', '.join(arm.name for arm in arms)}")
     output = Path(options.output or f"runs/compare-{Path(options.config[0]).stem}").resolve()

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from lightning_prune.cli.progress import format_duration
 from lightning_prune.compare import provenance
 from lightning_prune.compare.claims import DEFAULT_TIMEOUT_S, Claim, ClaimInfo, Owner, State, claim, inspect
 from lightning_prune.compare.runner import Comparison, RunSpec, read_status, run_and_record, say
@@ -114,13 +115,13 @@ class _Pass:
             if self.durations:
                 statuses = [(read_status(self.specs[p].directory) or {}).get("status") for p in next_ones]
                 left = sum(1 for status in statuses if status != FINISHED)
-                eta = f"ETA {_duration(left * sum(self.durations) / len(self.durations))}"
+                eta = f"ETA {format_duration(left * sum(self.durations) / len(self.durations))}"
             say(f"{where} ({eta})")
             start = time.perf_counter()
             record = run_and_record(spec, previous, taken)
             self.durations.append(time.perf_counter() - start)
             outcome = record["status"]
-            say(f"{where}: {record['status']} in {_duration(self.durations[-1])}" + _headline(record))
+            say(f"{where}: {record['status']} in {format_duration(self.durations[-1])}" + _headline(record))
             return record
         finally:
             taken.release(outcome)
@@ -177,13 +178,6 @@ def collect(comparison: Comparison, timeout: float = DEFAULT_TIMEOUT_S) -> tuple
         records.append(record)
         missing.append(f"{spec.arm.name}, seed {spec.seed}: {state}")
     return records, missing
-
-
-def _duration(seconds: float) -> str:
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def _headline(record: dict[str, Any]) -> str:
