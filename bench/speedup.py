@@ -1,11 +1,14 @@
 """Dense vs compact (structurally pruned, exported) models of the three tasks at several sparsity levels.
 
 Channels are chosen once by weight magnitude, with the same group finding, ranking and export as the callback, on
-untrained networks: what is measured is how FLOPs and latency follow the removed weights, not accuracy. Latency is the
+untrained networks: what is measured is how FLOPs and latency follow the removed share of the budget, not accuracy.
+``--budget weights`` removes that share of the prunable weights (lowest magnitude per weight saved first), ``flops``
+that share of their MACs (lowest magnitude first), as ``RealTimePruningCallback(budget=...)`` does. Latency is the
 median of repeated batches after warm-up, dense and compact measured alternately in one process (CPU threads pinned;
 CUDA too where a GPU is present).
 
     python bench/speedup.py --sparsity 0.5 0.75 0.9
+    python bench/speedup.py --tasks cifar10 --budget weights flops --sparsity 0.6 0.7
 """
 
 import argparse
@@ -17,6 +20,7 @@ import torch
 from lightning_prune import profile
 from lightning_prune.layers import classifier_name
 from lightning_prune.models import MNISTCNN, CIFARResNet18, LSTMClassifier
+from lightning_prune.profiling import count_macs
 from lightning_prune.structured import compact_copy, default_roots, find_groups, select
 
 from common import record, table
@@ -35,17 +39,22 @@ def build(task: str) -> torch.nn.Module:
     return {"mnist": MNISTCNN, "cifar10": CIFARResNet18, "imdb": lambda: LSTMClassifier(hidden_size=256)}[task]()
 
 
-def prune_once(model: torch.nn.Module, inputs, sparsity: float) -> torch.nn.Module:
-    """Mask whole channels (lowest magnitude per weight saved) holding ``sparsity`` of the prunable weights, then
-    export the compact copy (``model`` is left as it is)."""
+def prune_once(
+    model: torch.nn.Module, inputs, sparsity: float, budget: str = "weights", min_layer_density: float = 0.02
+) -> torch.nn.Module:
+    """Mask whole channels (lowest magnitude per weight, or per MAC, saved) holding ``sparsity`` of the prunable
+    weights (or of their MACs), then export the compact copy (``model`` is left as it is)."""
     model = copy.deepcopy(model)
     roots = default_roots(model)
     groups, _ = find_groups(model, inputs, roots, classifier_name(model))
     params = dict(model.named_parameters())
     prunable = {n: p for n, p in params.items() if n.rsplit(".", 1)[0] in roots and "weight" in n.rsplit(".", 1)[1]}
     magnitude = {n: p.detach().abs() for n, p in params.items() if p.dim() > 1}
-    budget = sparsity * sum(p.numel() for p in prunable.values())
-    chosen = select(groups, params, magnitude, prunable, budget=budget, min_layer_density=0.02)
+    costs = count_macs(model, inputs if isinstance(inputs, tuple) else (inputs,)).per_weight(model)
+    costs = costs if budget == "flops" else dict.fromkeys(prunable, 1.0)
+    total = sum(costs.get(n, 0.0) * p.numel() for n, p in prunable.items())
+    chosen = select(groups, params, magnitude, prunable, budget=sparsity * total, min_layer_density=min_layer_density,
+                    entry_costs=costs, per_cost=budget == "weights")  # fmt: skip
     with torch.no_grad():
         for param, flat in chosen.items():
             params[param].view(-1)[flat] = 0
@@ -60,6 +69,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["mnist", "cifar10", "imdb"])
     parser.add_argument("--sparsity", nargs="+", type=float, default=[0.5, 0.75, 0.9])
+    parser.add_argument(
+        "--budget",
+        nargs="+",
+        choices=["weights", "flops"],
+        default=["weights"],
+        help="what --sparsity counts: prunable weights or their MACs",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5, help="alternating dense/compact measurements")
     parser.add_argument("--repeats", type=int, default=10, help="timed batches per measurement")
@@ -69,11 +85,12 @@ def main() -> None:
     for task in args.tasks:
         torch.manual_seed(0)
         dense = build(task).eval()
-        for sparsity in args.sparsity:
-            compact = prune_once(dense, example(task, 2, "cpu"), sparsity).eval()
+        for budget, sparsity in [(b, s) for b in args.budget for s in args.sparsity]:
+            compact = prune_once(dense, example(task, 2, "cpu"), sparsity, budget).eval()
             flops = profile(dense, example(task, 1, "cpu"), repeats=1)["flops_dense"]
             flops_compact = profile(compact, example(task, 1, "cpu"), repeats=1)["flops_dense"]
-            row = [task, sparsity, f"{sum(p.numel() for p in compact.parameters()):,}", f"{flops / flops_compact:.2f}x"]
+            params = sum(p.numel() for p in compact.parameters())
+            row = [task, budget, sparsity, f"{params:,}", f"{flops / flops_compact:.2f}x"]
             for device in devices:
                 dense_d, compact_d = dense.to(device), compact.to(device)
                 for batch in (1, 64):
@@ -86,7 +103,7 @@ def main() -> None:
             dense = dense.cpu()
             rows.append(row)
             print(row, flush=True)
-    header = ["task", "sparsity", "compact params", "FLOPs ratio"]
+    header = ["task", "budget", "sparsity of the budget", "compact params", "FLOPs ratio"]
     header += [f"latency ratio {d} b{b}" for d in devices for b in (1, 64)]
     body = (
         f"Untrained networks, channels chosen by magnitude; latency ratio = dense / compact, median of {args.rounds} "

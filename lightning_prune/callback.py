@@ -37,7 +37,7 @@ class RealTimePruningCallback(Callback):
         mode: ``"unstructured"`` (single weights) or ``"structured"`` (conv channels, fc neurons, LSTM hidden units,
             with everything coupled to them).
         importance: ``"taylor"`` (running ``|w*grad|``), ``"gradient"`` (running ``|grad|``) or ``"magnitude"``.
-        target_sparsity: Fraction of prunable weights to remove by ``end_epoch``, in [0, 1); None: the loss alone.
+        target_sparsity: Share of the budget (weights, or MACs) to remove by ``end_epoch``, in [0, 1); None: loss only.
         initial_ratio, min_ratio, max_ratio, growth, shrink, loss_tolerance, rollback, rollback_tolerance, cooldown,
             grad_damping: The pacing (:class:`~lightning_prune.controller.RatioController`).
         interval, interval_unit, start_epoch, end_epoch: The window (:class:`~lightning_prune.schedule.PruningWindow`):
@@ -54,6 +54,7 @@ class RealTimePruningCallback(Callback):
             the last), >= 1: the per-step cost divided by it, the memory of the past unchanged.
         shrink_when: Structured mode: ``"during"`` removes cut channels at the next interval (training gets cheaper),
             ``"end"`` keeps them masked and leaves the compaction to :meth:`export`.
+        budget: What the ratio, the cuts and the target count: ``"weights"``, or in structured mode ``"flops"`` (MACs).
         guard, guard_mode, max_drop: Guard mode (:class:`~lightning_prune.guard.Guard`): a cut after which the logged
             ``guard`` metric (e.g. ``"val_acc"``) ends up more than ``max_drop`` worse than before the first cut
             (``guard_mode`` ``"max"``: higher is better) is undone; with ``target_sparsity=None``, prune that far.
@@ -102,6 +103,7 @@ class RealTimePruningCallback(Callback):
         saliency_every: int = 16,
         grad_damping: float = 2.0,
         shrink_when: str = "during",
+        budget: str = "weights",
         guard: str | None = None,
         guard_mode: str = "max",
         max_drop: float = 0.0,
@@ -127,12 +129,12 @@ class RealTimePruningCallback(Callback):
             cooldown=cooldown, target_sparsity=target_sparsity, grad_damping=grad_damping,
         )  # fmt: skip
         self.pruner = make_pruner(
-            mode, shrink_when, importance=importance, saliency_beta=saliency_beta, saliency_every=saliency_every,
-            min_layer_density=min_layer_density, normalize_per_layer=normalize_per_layer,
+            mode, shrink_when, budget, importance=importance, saliency_beta=saliency_beta,
+            saliency_every=saliency_every, min_layer_density=min_layer_density, normalize_per_layer=normalize_per_layer,
             target_sparsity=target_sparsity, parameters=parameters, exclude=exclude,
         )  # fmt: skip
-        self.mode, self.importance, self.shrink_when, self.monitor = mode, importance, shrink_when, monitor
-        self.target_sparsity, self.min_layer_density = target_sparsity, min_layer_density
+        self.mode, self.importance, self.shrink_when, self.budget = mode, importance, shrink_when, budget
+        self.target_sparsity, self.min_layer_density, self.monitor = target_sparsity, min_layer_density, monitor
         self.saliency_beta, self.normalize_per_layer = saliency_beta, normalize_per_layer
         self.parameters, self.exclude, self.log_layers, self.verbose = parameters, exclude, log_layers, verbose
 
@@ -261,10 +263,10 @@ class RealTimePruningCallback(Callback):
         grad_norm = self._signals.take_grad_norm()
         # identical on every rank after the gradient all-reduce, up to float noise: reduce to be exact
         grad_norm = None if grad_norm is None else reduce_mean(trainer.strategy, grad_norm)
-        remaining = self.pruner.remaining()  # counted once; a cut's own count updates it
+        remaining = self.pruner.remaining()  # the budget's units (weights, or MACs), counted once
         decision = self._decide(trainer, epoch, loss, grad_norm, self.pruner.sparsity_at(remaining))
         changed = self._act(trainer, decision, remaining)
-        sparsity = self.sparsity if changed < 0 else self.pruner.sparsity_at(remaining - changed)
+        sparsity = self.sparsity if changed < 0 else self.pruner.sparsity_after(remaining, changed)
         if decision.action == Action.DONE or self.guard.exhausted:
             self._done = True
             self.pruner.saliency.release()  # no decision will read it again
@@ -293,7 +295,7 @@ class RealTimePruningCallback(Callback):
                            "or infinite losses are never pruned on; pausing this interval.")  # fmt: skip
         return decision
 
-    def _act(self, trainer: "L.Trainer", decision: Decision, remaining: int) -> int:
+    def _act(self, trainer: "L.Trainer", decision: Decision, remaining: float) -> int:
         """Carry out the decision; returns the weights cut (negative: restored)."""
         if decision.action == Action.ROLLBACK:
             return -self.pruner.undo()

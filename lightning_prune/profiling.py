@@ -180,6 +180,24 @@ class MacCount:
         outside = float(self.total - sum(self.per_layer.values()))
         return outside + sum(macs * _weight_density(model.get_submodule(n)) for n, macs in self.per_layer.items())
 
+    def per_weight(self, model: nn.Module) -> dict[str, float]:
+        """MACs per sample that each entry of a counted layer's weight(s) stands for, by parameter name: the layer's
+        MACs spread evenly over its weights' entries (a convolution's output positions, a linear layer's tokens, a
+        recurrent layer's time steps; an attention layer's score products are spread over its projections too).
+        What removing one weight saves: ``budget="flops"`` ranks and counts channels with it.
+
+        Example:
+            >>> model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+            >>> count_macs(model, (torch.randn(1, 1, 4, 4),)).per_weight(model)  # 16 positions, 1 token (+ biases)
+            {'0.weight': 17.77777777777778, '2.weight': 1.03125}
+        """
+        costs = {}
+        for layer, macs in self.per_layer.items():
+            named = list(_named_weights(model.get_submodule(layer), layer))
+            entries = sum(w.numel() for _, w in named if isinstance(w, Tensor))
+            costs.update({name: macs / entries for name, w in named if isinstance(w, Tensor) and entries})
+        return costs
+
 
 def count_macs(model: nn.Module, inputs: tuple[Tensor, ...]) -> MacCount:
     """Count ``model``'s MACs on the first sample of ``inputs`` with ptflops, on a deep copy of the model.
@@ -340,9 +358,13 @@ def _weight_density(module: nn.Module) -> float:
 
 
 def _weights(module: nn.Module) -> Iterator[Any]:
+    return (weight for _, weight in _named_weights(module))
+
+
+def _named_weights(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, Any]]:
     if isinstance(module, NORM_LAYERS):
         return
-    for owner in module.modules():
+    for path, owner in module.named_modules(prefix=prefix):
         for name in owner._parameters:
             # torch.nn.utils.prune keeps `weight_orig` as the parameter and the masked `weight` as an attribute
             name = name.removesuffix("_orig")
@@ -351,7 +373,7 @@ def _weights(module: nn.Module) -> Iterator[Any]:
             else:
                 keep = name.endswith("weight")
             if keep:
-                yield getattr(owner, name)
+                yield f"{path}.{name}" if path else name, getattr(owner, name)
 
 
 # -- latency --------------------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The callback dropped into models nobody here wrote, in both modes: torchvision families, PyTorch's transformer and
 RNN layers, Lightning's own demo Transformer, a module without ``forward``, manual optimisation and bf16 on the CPU.
 
-Each case trains four tiny steps (epoch 0 cuts half the prunable weights, epoch 1 recovers; structured mode removes
-the cut channels at its end) and checks what a user relies on: training completes, the target is reached
+Each case trains four tiny steps (epoch 0 cuts half the prunable weights, or in structured mode with
+``budget="flops"`` half their MACs; epoch 1 recovers; structured mode removes the cut channels at its end) and checks what a user relies on: training completes, the target is reached
 (structured: within one channel's share), cut weights stay zero before every step, nothing non-finite is logged, and
 the export is smaller and computes what the pruned model computes.
 """
@@ -180,15 +180,16 @@ def call(model: nn.Module, batch) -> torch.Tensor:
     return model(*inputs)
 
 
-@pytest.mark.parametrize("mode", ["unstructured", "structured"])
+@pytest.mark.parametrize("mode", ["unstructured", "structured", "structured_flops"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_a_foreign_model_is_pruned_to_the_target_and_exports(case, mode, tmp_path):
     build, data, settings = CASES[case]
     L.seed_everything(0)
     module, loader = build(), data()
     monitor = "train_loss" if case == "demo_transformer_logged" else None
+    mode, _, budget = mode.partition("_")
     pruning = RealTimePruningCallback(mode=mode, target_sparsity=TARGET, initial_ratio=0.3, max_ratio=0.5,
-                                      monitor=monitor, end_epoch=1)  # fmt: skip
+                                      monitor=monitor, end_epoch=1, budget=budget or "weights")  # fmt: skip
     checker = ZeroChecker(pruning)
     logger = CSVLogger(tmp_path, name=case)
     trainer = L.Trainer(max_epochs=2, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
@@ -198,7 +199,9 @@ def test_a_foreign_model_is_pruned_to_the_target_and_exports(case, mode, tmp_pat
     trainer.fit(module, loader)
 
     resolution = pruning.pruner.resolution() if mode == "structured" else 1e-3
-    assert pruning.sparsity == pytest.approx(TARGET, abs=max(resolution, 1e-3)), pruning.history
+    # the target counts the budget: weights, or with budget="flops" the MACs they stand for
+    reached = pruning.pruner.sparsity_at(pruning.pruner.remaining())
+    assert reached == pytest.approx(TARGET, abs=max(resolution, 1e-3)), pruning.history
     assert checker.checked > 0
     with open(f"{logger.log_dir}/metrics.csv") as handle:
         values = [

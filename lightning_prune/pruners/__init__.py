@@ -12,16 +12,21 @@ The callback never asks which mode it runs in. It tells a pruner when a step hap
 from typing import Any
 
 from lightning_prune.pruners.base import SHRINK_WHEN, Pruner, refuse_sharded_parameters
-from lightning_prune.pruners.structured import StructuredPruner
+from lightning_prune.pruners.structured import BUDGETS, StructuredPruner
 from lightning_prune.pruners.unstructured import UnstructuredPruner
+from lightning_prune.validation import check_choice
 
-__all__ = ["PRUNER_MODES", "SHRINK_WHEN", "Pruner", "StructuredPruner", "UnstructuredPruner", "make_pruner",
+__all__ = ["BUDGETS", "PRUNER_MODES", "SHRINK_WHEN", "Pruner", "StructuredPruner", "UnstructuredPruner", "make_pruner",
            "refuse_sharded_parameters"]  # fmt: skip
 
 
-def make_pruner(mode: str, shrink_when: str, **settings: Any) -> Pruner:
+def make_pruner(mode: str, shrink_when: str, budget: str = "weights", **settings: Any) -> Pruner:
+    check_choice("budget", budget, BUDGETS)
     if mode == "structured":
-        return StructuredPruner(shrink_when=shrink_when, **settings)
+        return StructuredPruner(shrink_when=shrink_when, budget=budget, **settings)
+    if budget != "weights":
+        raise ValueError(f"`budget`={budget!r} needs mode='structured' (whole channels, whose MACs really go); "
+                         "unstructured mode counts weights")  # fmt: skip
     return UnstructuredPruner(**settings)
 
 

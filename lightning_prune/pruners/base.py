@@ -121,13 +121,29 @@ class Pruner:
     def prunable_now(self) -> dict[str, Tensor]:
         return {name: self.masks.weights[name] for name in self.prunable if name in self.masks.weights}
 
-    def remaining(self) -> int:
-        """Prunable weights not zero now."""
-        return count_nonzero(self.prunable_now()) if self.masks is not None else self.initial_weights
+    # -- the budget: what a ratio, a cut and the target count (weights here; MACs in structured budget="flops") ----
 
-    def sparsity_at(self, remaining: int) -> float:
-        """The sparsity with ``remaining`` prunable weights left."""
-        return sparsity_of(remaining, self.initial_weights)
+    @property
+    def initial_units(self) -> float:
+        """The budget before pruning: the prunable weights' number."""
+        return self.initial_weights
+
+    def units(self, weights: Mapping[str, Tensor]) -> float:
+        """What the non-zero entries of ``weights`` (prunable weights, or slices of them) count for in the budget."""
+        return count_nonzero(weights)
+
+    def remaining(self) -> float:
+        """The budget's units not cut yet: prunable weights not zero now."""
+        return self.units(self.prunable_now()) if self.masks is not None else self.initial_units
+
+    def sparsity_at(self, remaining: float) -> float:
+        """The budget's sparsity with ``remaining`` units left: what the controller paces and the target reaches."""
+        return sparsity_of(remaining, self.initial_units)
+
+    def sparsity_after(self, remaining: float, cut: int) -> float:
+        """The weights' sparsity (what is logged) after ``cut`` weights went from ``remaining`` units of the budget:
+        no second count while the budget counts weights."""
+        return self.sparsity_at(remaining - cut)
 
     @property
     def sparsity(self) -> float:
@@ -143,7 +159,9 @@ class Pruner:
         sparsity. ``sparsity``, when known, spares counting the prunable weights again."""
         prunable = set(self.prunable)
         named = dict(self.module.named_parameters())
-        nonzero = self.remaining() if sparsity is None else round((1 - sparsity) * self.initial_weights)
+        if sparsity is None:
+            sparsity = self.sparsity
+        nonzero = round((1 - sparsity) * self.initial_weights)
         nonzero += sum(int(p.count_nonzero()) for n, p in named.items() if n not in prunable)
         values = {
             "pruning/params_nonzero": float(nonzero),
@@ -181,21 +199,22 @@ class Pruner:
     def before_decision(self, trainer: "L.Trainer") -> None:
         """Whatever must happen at every decision before the cut (structured: remove what survived probation)."""
 
-    def cut_count(self, ratio: float, remaining: int | None = None) -> int:
-        """Whole weights for a cut of ``ratio`` of the ``remaining`` ones (counted when not given); the cut that
-        reaches the target reaches it (ceil), by less than one weight over."""
-        total = self.initial_weights
-        remaining = count_nonzero(self.prunable_now()) if remaining is None else remaining
+    def cut_count(self, ratio: float, remaining: float | None = None) -> int:
+        """Whole units (weights) for a cut of ``ratio`` of the ``remaining`` ones (counted when not given); the cut
+        that reaches the target reaches it (ceil), by less than one unit over."""
+        total = self.initial_units
+        remaining = self.units(self.prunable_now()) if remaining is None else remaining
         count = round(ratio * remaining)
         if self.target_sparsity is not None:
             needed = math.ceil(self.target_sparsity * total - 1e-9) - (total - remaining)
             count = needed if ratio * remaining >= needed - 1 else min(count, needed)
         return max(count, 0)
 
-    def prune(self, trainer: "L.Trainer", ratio: float, remaining: int | None = None) -> int:
-        """Cut ``ratio`` of the ``remaining`` prunable weights (counted when not given); return how many went."""
+    def prune(self, trainer: "L.Trainer", ratio: float, remaining: float | None = None) -> int:
+        """Cut ``ratio`` of the ``remaining`` units of the budget (counted when not given); return how many prunable
+        weights went."""
         prunable = self.prunable_now()
-        selection = self.select(self.cut_count(ratio, count_nonzero(prunable) if remaining is None else remaining))
+        selection = self.select(self.cut_count(ratio, self.units(prunable) if remaining is None else remaining))
         # under DDP every rank must hold rank 0's masks, bit for bit
         selection = trainer.strategy.broadcast(selection, src=0)
         # what goes: the prunable weights among the cut entries that were not zero already

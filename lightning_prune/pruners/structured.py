@@ -19,14 +19,15 @@ from lightning_prune.layers import (
 )
 from lightning_prune.masks import PruningMasks
 from lightning_prune.optim import rebuild_optimizers, save_optimizers, slice_like
+from lightning_prune.profiling import count_macs
 from lightning_prune.pruners.base import Pruner
 
 if TYPE_CHECKING:
     import lightning as L
 
 
-# rounds of channel selection per cut: each takes what the previous one's shared slices left of the budget
-SELECTION_ROUNDS = 4
+# what a ratio, a cut and the target count: prunable weights, or the MACs per sample they stand for
+BUDGETS = ("weights", "flops")
 
 
 class StructuredPruner(Pruner):
@@ -36,11 +37,18 @@ class StructuredPruner(Pruner):
     the groups it must leave out (each warned about once, by layer path); only weights in a prunable group count as
     prunable. A cut is masked for one interval (so it can be rolled back), then removed for real at the next decision
     (``shrink_when="during"``), or kept masked until :meth:`export` (``"end"``).
+
+    With ``budget="flops"`` the ratio, every cut and the target count MACs per sample instead of weights (each weight
+    standing for its layer's MACs per entry, measured once with ptflops on the example input), and channels go by
+    saliency alone rather than per weight saved: every layer loses its least salient channels (a weight budget takes
+    the late, wide layers first, which hold the weights but not the MACs).
     """
 
-    def __init__(self, *args: Any, shrink_when: str = "during", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, shrink_when: str = "during", budget: str = "weights", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.shrink_when = shrink_when
+        self.shrink_when, self.budget = shrink_when, budget
+        self.entry_macs: dict[str, float] | None = None  # budget="flops": MACs per sample of one entry, by weight
+        self.initial_macs: float | None = None
         self.plan: structured.Plan | None = None
         self._groups: tuple[list[structured.ChannelGroup], Any] | None = None
         self._groups_key: tuple = ()
@@ -91,6 +99,19 @@ class StructuredPruner(Pruner):
         self._groups, self._groups_key = (plan.groups, None), self._shape_key()
         self._narrow()
         self._carry_state(self.masks, self.saliency)
+        if self.budget == "flops":
+            self._measure_macs(plan)
+
+    def _measure_macs(self, plan: structured.Plan) -> None:
+        """Each prunable weight's MACs per entry (they do not change as channels go); the initial total once (a
+        resumed run restored it: its model may be shrunk already)."""
+        target = self.module.get_submodule(plan.target)
+        count = count_macs(target, plan.example if isinstance(plan.example, tuple) else (plan.example,))
+        prefix = f"{plan.target}." if plan.target else ""
+        self.entry_macs = {prefix + name: macs for name, macs in count.per_weight(target).items()}
+        if self.initial_macs is None:
+            named = dict(self.module.named_parameters())
+            self.initial_macs = sum(self.entry_macs.get(n, 0.0) * named[n].numel() for n in self.prunable)
 
     def _narrow(self) -> None:
         """Only the weights of groups that are pruned count: the others (left out, or excluded) never shrink, so
@@ -159,38 +180,42 @@ class StructuredPruner(Pruner):
         keep = {g.name for g in self.plan.groups}
         return [g for g in groups if g.name in keep]
 
+    # -- the budget ---------------------------------------------------------------------------------------------
+
+    @property
+    def initial_units(self) -> float:
+        if self.budget == "flops" and self.initial_macs is not None:
+            return self.initial_macs
+        return self.initial_weights
+
+    def units(self, weights: Mapping[str, Tensor]) -> float:
+        if self.budget == "flops" and self.entry_macs is not None:
+            return sum(self.entry_macs.get(n, 0.0) * int(w.count_nonzero()) for n, w in weights.items())
+        return super().units(weights)
+
+    def sparsity_after(self, remaining: float, cut: int) -> float:
+        return self.sparsity if self.budget == "flops" else super().sparsity_after(remaining, cut)
+
+    def _entry_costs(self) -> dict[str, float] | None:
+        return self.entry_macs if self.budget == "flops" else None
+
     def resolution(self) -> float:
-        """The cheapest cut still possible as a share of the prunable weights; 1.0 when nothing more can go."""
+        """The cheapest cut still possible as a share of the budget; 1.0 when nothing more can go."""
         cheapest = structured.cheapest_cut(self.groups()[0], self.prunable_now(), self.masks.pruned,
-                                           self.min_layer_density)  # fmt: skip
-        return min(cheapest / max(self.initial_weights, 1), 1.0)
+                                           self.min_layer_density, self._entry_costs())  # fmt: skip
+        return min(cheapest / max(self.initial_units, 1), 1.0)
 
     # -- per decision ---------------------------------------------------------------------------------------------
 
-    def select(self, count: int) -> dict[str, Tensor]:
-        """Channels holding about ``count`` prunable weights. A channel's cost counts its slices in every layer, and
-        two chosen channels can share slices (layer A's output c is layer B's input c, and B's output d shares
-        B[d, c]): what a round removes falls short of its budget, so the shortfall is chosen again, a few rounds."""
+    def select(self, count: float) -> dict[str, Tensor]:
+        """Channels holding about ``count`` units of the budget (:func:`~lightning_prune.structured.select`)."""
         groups, _ = self.groups()
-        scores, prunable, pruned = self.saliency.scores(), self.prunable_now(), dict(self.masks.pruned.items())
-        chosen: dict[str, Tensor] = {}
-        for _ in range(SELECTION_ROUNDS):
-            picked = structured.select(groups, self.masks.weights, scores, prunable, budget=count,
-                                       min_layer_density=self.min_layer_density, pruned=pruned,
-                                       normalize_per_layer=self.normalize_per_layer)  # fmt: skip
-            gained = 0
-            for name, indices in picked.items():
-                flat = pruned[name].view(-1)
-                new = indices[~flat[indices]]
-                gained += int(prunable[name].view(-1)[new].count_nonzero()) if name in prunable else 0
-                flat[new] = True
-                chosen[name] = torch.cat([chosen[name], new]) if name in chosen else new
-            count -= gained
-            if gained == 0 or count <= 0:
-                break
-        return chosen
+        return structured.select(groups, self.masks.weights, self.saliency.scores(), self.prunable_now(),
+                                 budget=count, min_layer_density=self.min_layer_density, pruned=self.masks.pruned,
+                                 normalize_per_layer=self.normalize_per_layer,
+                                 entry_costs=self._entry_costs(), per_cost=self.budget == "weights")  # fmt: skip
 
-    def prune(self, trainer: "L.Trainer", ratio: float, remaining: int | None = None) -> int:
+    def prune(self, trainer: "L.Trainer", ratio: float, remaining: float | None = None) -> int:
         removed = super().prune(trainer, ratio, remaining)
         self._refresh_norms()
         return removed
@@ -238,7 +263,8 @@ class StructuredPruner(Pruner):
     # -- persistence ------------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), **({"prunable": list(self.prunable)} if self._narrowed else {})}
+        state = {**super().state_dict(), **({"prunable": list(self.prunable)} if self._narrowed else {})}
+        return {**state, **({"initial_macs": self.initial_macs} if self.initial_macs is not None else {})}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         # the model may have been resized from the checkpoint since setup(): hold its current parameters
@@ -246,6 +272,7 @@ class StructuredPruner(Pruner):
             return super().load_state_dict(state)
         self._build_state()
         super().load_state_dict(structured.fit_saved_state(state, self.masks.pruned, self.saliency.weights))
+        self.initial_macs = state.get("initial_macs", self.initial_macs)
         if "prunable" in state:  # counted over the prunable groups already (and so is the restored initial count)
             self.prunable, self._narrowed = list(state["prunable"]), True
         elif self.plan is not None:  # an older checkpoint, with every weight counted

@@ -12,6 +12,8 @@ from torch import Tensor
 
 from lightning_prune.structured.groups import ChannelGroup, Member
 
+# rounds of choosing per call: each takes what the previous one's shared slices left of the budget
+SELECTION_ROUNDS = 4
 # per-position reductions of named tensors, computed once per (tensor, dim, reduction) for all groups of one call
 Cache = dict[tuple[str, int, str], Tensor]
 
@@ -62,19 +64,21 @@ def channel_cost(
     weights: Mapping[str, Tensor],
     pruned: Mapping[str, Tensor] | None = None,
     cache: Cache | None = None,
+    entry_costs: Mapping[str, float] | None = None,
 ) -> Tensor:
     """How many prunable-weight entries each channel of the group holds that are not cut yet (``pruned``): what
-    removing it saves."""
+    removing it saves. With ``entry_costs`` (per weight name, e.g. MACs per entry) each entry counts that much."""
 
     def per_position(member: Member) -> Tensor | None:
         weight = weights.get(member.param)
         if weight is None:
             return None
         per_slice = weight.numel() // weight.shape[member.dim]
+        scale = 1.0 if entry_costs is None else entry_costs.get(member.param, 0.0)
         cut = (pruned or {}).get(member.param)
         if cut is None:
-            return torch.full((weight.shape[member.dim],), float(per_slice))
-        return per_slice - _along(cache, member.param, cut, member.dim, "sum")
+            return torch.full((weight.shape[member.dim],), float(per_slice) * scale)
+        return (per_slice - _along(cache, member.param, cut, member.dim, "sum")) * scale
 
     return _per_channel(group, per_position)
 
@@ -100,7 +104,14 @@ Candidate = tuple[float, float, list[tuple[int, list[int]]]]
 
 
 def _ranked_steps(
-    group: ChannelGroup, score: Tensor, cost: Tensor, removed: Tensor, mean_cost: float, keep: int, normalize: bool
+    group: ChannelGroup,
+    score: Tensor,
+    cost: Tensor,
+    removed: Tensor,
+    mean_cost: float,
+    keep: int,
+    normalize: bool,
+    per_cost: bool = True,
 ) -> list[tuple[float, float, list[int]]]:
     """A group's cuts from cheapest to dearest, each one unit per class (the r-th cheapest of each class), so every
     class loses as many; only as many as leave ``keep`` channels, and one unit per class."""
@@ -113,7 +124,7 @@ def _ranked_steps(
     alive_scores = score[~removed].double()
     scale = alive_scores.mean() if normalize and alive_scores.numel() else 1.0
     normalised = unit_score / scale if scale > 0 else torch.zeros_like(unit_score)
-    per_weight = normalised / (unit_cost / mean_cost).clamp(min=1e-12)
+    per_weight = normalised / (unit_cost / mean_cost).clamp(min=1e-12) if per_cost else normalised
     n_classes = int(unit_class.max()) + 1
     per_class_keep = max(1, math.ceil(keep / (n_classes * (group.size // count))))
     orders = []
@@ -143,9 +154,11 @@ def select_channels(
     budget: float,
     min_layer_density: float,
     normalize_per_layer: bool = True,
+    per_cost: bool = True,
 ) -> dict[str, Tensor]:
     """Channels to cut, cheapest first: the lowest saliency per weight saved (a greedy knapsack), until their
-    weights fill ``budget``.
+    weights fill ``budget``. With ``per_cost`` False, the lowest saliency first, whatever it saves: the costs only
+    count against the budget.
 
     Saliency is normalised per group (each group's mean is 1, unless ``normalize_per_layer`` is False) so layers of
     different scale compete fairly, and divided by the channel's share of weights: a channel that frees many weights
@@ -159,7 +172,7 @@ def select_channels(
     ranked: dict[int, list[tuple[float, float, list[int]]]] = {}
     for index, (group, score, cost, removed) in enumerate(zip(groups, scores, costs, gone, strict=True)):
         keep = max(1, math.ceil(min_layer_density * group.size))
-        steps = _ranked_steps(group, score, cost, removed, mean_cost, keep, normalize_per_layer)
+        steps = _ranked_steps(group, score, cost, removed, mean_cost, keep, normalize_per_layer, per_cost)
         if steps:
             ranked[index] = steps
     candidates: list[Candidate] = []
@@ -197,15 +210,16 @@ def cheapest_cut(
     weights: Mapping[str, Tensor],
     pruned: Mapping[str, Tensor],
     min_layer_density: float,
+    entry_costs: Mapping[str, float] | None = None,
 ) -> float:
-    """The fewest prunable weights one more cut can remove: the cheapest step of a group that can still lose one
-    (of every tied group at once); ``inf`` when none can."""
+    """The fewest prunable weights (or their ``entry_costs``) one more cut can remove: the cheapest step of a group
+    that can still lose one (of every tied group at once); ``inf`` when none can."""
     steps: dict[str, float] = {}
     blocked: set[str] = set()
     cache: Cache = {}
     for group in groups:
         key = group.tie or group.name
-        cost = channel_cost(group, weights, pruned, cache)
+        cost = channel_cost(group, weights, pruned, cache, entry_costs)
         keep = max(1, math.ceil(min_layer_density * group.size))
         removed = removed_channels(group, pruned, cache)
         ranked = _ranked_steps(group, torch.zeros(group.size), cost, removed, 1.0, keep, False)
@@ -244,8 +258,15 @@ def select(
     min_layer_density: float,
     pruned: Mapping[str, Tensor] | None = None,
     normalize_per_layer: bool = True,
+    entry_costs: Mapping[str, float] | None = None,
+    per_cost: bool = True,
 ) -> dict[str, Tensor]:
-    """Whole channels, lowest saliency per weight saved first, holding about ``budget`` of the ``weights``' entries.
+    """Whole channels, lowest saliency per weight saved first, holding about ``budget`` of the ``weights``' entries
+    (of what they cost, with ``entry_costs``).
+
+    A channel's cost counts its slices in every layer, and two chosen channels can share slices (layer A's output c
+    is layer B's input c, and B's output d shares B[d, c]): what one round of choosing removes falls short of its
+    budget, so the shortfall is chosen again, a few rounds.
 
     Args:
         groups: The channel groups (``find_groups``).
@@ -255,26 +276,59 @@ def select(
         budget: Prunable weights to remove.
         min_layer_density: Every group keeps at least this share of its channels (and at least one).
         pruned: Per-parameter masks of what is already cut (``True``); channels already gone are not chosen again.
+            Not modified.
         normalize_per_layer: Rank saliency normalised per group (see :func:`select_channels`).
+        entry_costs: What one entry of each weight counts for (by name; absent names count nothing), e.g. the MACs
+            per sample it stands for: ``budget`` is then in MACs. None: every entry counts 1.
+        per_cost: Rank by saliency per unit saved (a channel that frees much for little saliency goes first, one
+            that frees little is protected), or by saliency alone (False), the costs only counting against the
+            budget. Per MAC, ResNet-18 on 32x32 inputs would lose all but 2 of layer1's 64 channels before
+            anything else (their maps are the largest): a FLOPs budget ranks by saliency alone.
 
     Returns:
         Flat element indices to mask, per parameter name, of every slice of the chosen channels that is not cut yet.
     """
-    pruned = pruned or {}
-    cache: Cache = {}
-    chosen = select_channels(
-        groups,
-        [channel_scores(g, saliency, cache) for g in groups],
-        [channel_cost(g, weights, pruned, cache) for g in groups],
-        [removed_channels(g, pruned, cache) for g in groups],
-        budget=budget,
-        min_layer_density=min_layer_density,
-        normalize_per_layer=normalize_per_layer,
-    )
+    pruned = dict(pruned or {})
+    owned: set[str] = set()  # the masks copied before this call marks them
+    chosen: dict[str, Tensor] = {}
+    for _ in range(SELECTION_ROUNDS):
+        cache: Cache = {}
+        channels = select_channels(
+            groups,
+            [channel_scores(g, saliency, cache) for g in groups],
+            [channel_cost(g, weights, pruned, cache, entry_costs) for g in groups],
+            [removed_channels(g, pruned, cache) for g in groups],
+            budget=budget,
+            min_layer_density=min_layer_density,
+            normalize_per_layer=normalize_per_layer,
+            per_cost=per_cost,
+        )
+        gained = 0.0
+        for name, indices in _elements(groups, channels, params).items():
+            if name not in owned:
+                mask = pruned.get(name)
+                pruned[name] = torch.zeros(params[name].shape, dtype=torch.bool) if mask is None else mask.clone()
+                owned.add(name)
+            flat = pruned[name].view(-1)
+            new = indices[~flat[indices.to(flat.device)].to(indices.device)]  # only what is not cut yet
+            if name in weights:
+                cost = 1.0 if entry_costs is None else entry_costs.get(name, 0.0)
+                gained += cost * int(weights[name].view(-1)[new.to(weights[name].device)].count_nonzero())
+            flat[new.to(flat.device)] = True
+            chosen[name] = torch.cat([chosen[name], new]) if name in chosen else new
+        budget -= gained
+        if gained == 0 or budget <= 0:
+            break
+    return chosen
+
+
+def _elements(
+    groups: Sequence[ChannelGroup], chosen: Mapping[str, Tensor], params: Mapping[str, Tensor]
+) -> dict[str, Tensor]:
+    """Flat element indices, per parameter, of every slice of the ``chosen`` channels of each group (by name)."""
     by_name = {g.name: g for g in groups}
     selection: dict[str, Tensor] = {}
     for name, channels in chosen.items():
         for param, flat in channel_elements(by_name[name], channels, params).items():
             selection[param] = flat if param not in selection else torch.unique(torch.cat([selection[param], flat]))
-    # only what is not cut yet
-    return {p: i[~pruned[p].view(-1)[i.to(pruned[p].device)]] if p in pruned else i for p, i in selection.items()}
+    return selection
