@@ -14,6 +14,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_prune import RealTimePruningCallback
 from lightning_prune.cli import LightningPruneCLI, best_checkpoint_sparsity_note, main
+from lightning_prune.models import CIFARResNet18
+from lightning_prune.profiling import count_macs
 
 from helpers import TinyNet, loader, quiet_trainer
 
@@ -172,6 +174,24 @@ def test_the_magnitude_recipe_changes_only_its_own_settings_of_prune_yaml(tiny_m
     pruning = next(cb for cb in cli.trainer.callbacks if cb.__class__.__name__ == "RealTimePruningCallback")
     assert (pruning.importance, pruning.normalize_per_layer, pruning.controller.max_ratio) == ("magnitude", False, 0.75)
     assert (pruning.target_sparsity, pruning.controller.initial_ratio) == (0.9, 0.01)  # from prune.yaml
+
+
+def test_the_flops_recipe_prunes_resnet18_channels_to_its_mac_target(tiny_cifar10, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = ["--config", str(CONFIGS / "prune.yaml"), "--config", str(CONFIGS / "prune_flops.yaml"),
+              "--pruning.initial_ratio", "0.5", "--pruning.max_ratio", "0.75", "--trainer.max_epochs", "2",
+              "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+              "--trainer.logger", "false"]  # fmt: skip
+    cli = LightningPruneCLI(args=["fit", *task_args("cifar10_resnet18", tiny_cifar10, *recipe)])
+    pruning = next(cb for cb in cli.trainer.callbacks if cb.__class__.__name__ == "RealTimePruningCallback")
+    assert (pruning.mode, pruning.budget) == ("structured", "flops")
+    reached = pruning.pruner.sparsity_at(pruning.pruner.remaining())
+    assert reached == pytest.approx(0.6, abs=pruning.pruner.resolution() + 1e-3)
+    # the channels are gone from the model itself: its convolutions' MACs fell by the target share or more
+    macs = count_macs(cli.model.backbone, (torch.randn(1, 3, 32, 32),))
+    dense = count_macs(CIFARResNet18(), (torch.randn(1, 3, 32, 32),))
+    convs = [n for n, m in CIFARResNet18().named_modules() if isinstance(m, torch.nn.Conv2d)]
+    assert 1 - sum(macs.per_layer[n] for n in convs) / sum(dense.per_layer[n] for n in convs) >= 0.6 - 0.01
 
 
 def test_a_best_checkpoint_less_pruned_than_the_final_model_is_pointed_out(tmp_path):

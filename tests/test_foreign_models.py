@@ -2,9 +2,10 @@
 RNN layers, Lightning's own demo Transformer, a module without ``forward``, manual optimisation and bf16 on the CPU.
 
 Each case trains four tiny steps (epoch 0 cuts half the prunable weights, or in structured mode with
-``budget="flops"`` half their MACs; epoch 1 recovers; structured mode removes the cut channels at its end) and checks what a user relies on: training completes, the target is reached
-(structured: within one channel's share), cut weights stay zero before every step, nothing non-finite is logged, and
-the export is smaller and computes what the pruned model computes.
+``budget="flops"`` half their MACs; epoch 1 recovers; structured mode removes the cut channels at its end) and checks
+what a user relies on: training completes, the target is reached (structured: within one channel's share), cut weights
+stay zero before every step, nothing non-finite is logged, and the export is smaller and computes what the pruned
+model computes.
 """
 
 import csv
