@@ -60,7 +60,7 @@ def main() -> None:
         met.append(gap >= -options.slack)
         sweep_acc = f"{100 * float(arms.loc[name, 'test_acc']):.2f}" if name != "none" else "n/a"
         print(
-            f"| {seed} | {100 * unpruned_acc:.2f} | {name} ({100 * sparsity:.0f}%) | {sweep_acc} | "
+            f"| {seed} | {100 * unpruned_acc:.2f} | {name} ({100 * sparsity:g}%) | {sweep_acc} | "
             f"{100 * float(guarded['sparsity']):.2f} | {100 * float(guarded['test_acc']):.2f} | {gap:+.2f} | "
             f"{'yes' if met[-1] else 'no'} | {compute:.3f} |"
         )
