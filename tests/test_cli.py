@@ -186,12 +186,12 @@ def test_the_flops_recipe_prunes_resnet18_channels_to_its_mac_target(tiny_cifar1
     pruning = next(cb for cb in cli.trainer.callbacks if cb.__class__.__name__ == "RealTimePruningCallback")
     assert (pruning.mode, pruning.budget) == ("structured", "flops")
     reached = pruning.pruner.sparsity_at(pruning.pruner.remaining())
-    assert reached == pytest.approx(0.6, abs=pruning.pruner.resolution() + 1e-3)
+    assert reached == pytest.approx(0.7, abs=pruning.pruner.resolution() + 1e-3)
     # the channels are gone from the model itself: its convolutions' MACs fell by the target share or more
     macs = count_macs(cli.model.backbone, (torch.randn(1, 3, 32, 32),))
     dense = count_macs(CIFARResNet18(), (torch.randn(1, 3, 32, 32),))
     convs = [n for n, m in CIFARResNet18().named_modules() if isinstance(m, torch.nn.Conv2d)]
-    assert 1 - sum(macs.per_layer[n] for n in convs) / sum(dense.per_layer[n] for n in convs) >= 0.6 - 0.01
+    assert 1 - sum(macs.per_layer[n] for n in convs) / sum(dense.per_layer[n] for n in convs) >= 0.7 - 0.01
 
 
 def test_a_best_checkpoint_less_pruned_than_the_final_model_is_pointed_out(tmp_path):
