@@ -166,14 +166,20 @@ def test_pruned_run_logs_pruning_curves_to_wandb_and_its_saved_config_reloads(ti
     assert reloaded.target_sparsity == 0.5
 
 
-def test_the_magnitude_recipe_changes_only_its_own_settings_of_prune_yaml(tiny_mnist, tmp_path, monkeypatch):
+def test_the_default_recipe_and_the_plans_differ_only_in_the_saliency_and_pace(tiny_mnist, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    recipe = ["--config", str(CONFIGS / "prune.yaml"), "--config", str(CONFIGS / "prune_magnitude.yaml"),
-              "--trainer.fast_dev_run", "true", "--trainer.logger", "false"]  # fmt: skip
-    cli = LightningPruneCLI(args=task_args("mnist_cnn", tiny_mnist, *recipe), run=False)
-    pruning = next(cb for cb in cli.trainer.callbacks if cb.__class__.__name__ == "RealTimePruningCallback")
-    assert (pruning.importance, pruning.normalize_per_layer, pruning.controller.max_ratio) == ("magnitude", False, 0.75)
-    assert (pruning.target_sparsity, pruning.controller.initial_ratio) == (0.9, 0.01)  # from prune.yaml
+
+    def pruning_of(recipe: str) -> RealTimePruningCallback:
+        extra = ["--config", str(CONFIGS / recipe), "--trainer.fast_dev_run", "true", "--trainer.logger", "false"]
+        cli = LightningPruneCLI(args=task_args("mnist_cnn", tiny_mnist, *extra), run=False)
+        return next(cb for cb in cli.trainer.callbacks if cb.__class__.__name__ == "RealTimePruningCallback")
+
+    default, plan = pruning_of("prune.yaml"), pruning_of("prune_plan.yaml")
+    assert (default.importance, default.normalize_per_layer, default.controller.max_ratio) == ("magnitude", False, 0.75)
+    assert (plan.importance, plan.normalize_per_layer, plan.controller.max_ratio) == ("taylor", True, 0.5)
+    # the plan's schedule in both: every epoch, first ratio 0.01, to 90%
+    for pruning in (default, plan):
+        assert (pruning.target_sparsity, pruning.controller.initial_ratio, pruning.interval) == (0.9, 0.01, 1)
 
 
 def test_the_flops_recipe_prunes_resnet18_channels_to_its_mac_target(tiny_cifar10, tmp_path, monkeypatch):
