@@ -50,8 +50,10 @@ def prune_once(
     params = dict(model.named_parameters())
     prunable = {n: p for n, p in params.items() if n.rsplit(".", 1)[0] in roots and "weight" in n.rsplit(".", 1)[1]}
     magnitude = {n: p.detach().abs() for n, p in params.items() if p.dim() > 1}
-    costs = count_macs(model, inputs if isinstance(inputs, tuple) else (inputs,)).per_weight(model)
-    costs = costs if budget == "flops" else dict.fromkeys(prunable, 1.0)
+    if budget == "flops":
+        costs = count_macs(model, inputs if isinstance(inputs, tuple) else (inputs,)).per_weight(model)
+    else:
+        costs = dict.fromkeys(prunable, 1.0)
     total = sum(costs.get(n, 0.0) * p.numel() for n, p in prunable.items())
     chosen = select(groups, params, magnitude, prunable, budget=sparsity * total, min_layer_density=min_layer_density,
                     entry_costs=costs, per_cost=budget == "weights")  # fmt: skip

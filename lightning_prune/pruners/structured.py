@@ -190,7 +190,7 @@ class StructuredPruner(Pruner):
 
     def units(self, weights: Mapping[str, Tensor]) -> float:
         if self.budget == "flops" and self.entry_macs is not None:
-            return sum(self.entry_macs.get(n, 0.0) * int(w.count_nonzero()) for n, w in weights.items())
+            return structured.budget_units(weights, self.entry_macs)
         return super().units(weights)
 
     def sparsity_after(self, remaining: float, cut: int) -> float:

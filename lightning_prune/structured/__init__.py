@@ -21,6 +21,7 @@ from lightning_prune.structured.masking import mask_channels
 from lightning_prune.structured.norms import refresh_norms
 from lightning_prune.structured.plan import Plan, forward_targets, plan
 from lightning_prune.structured.selection import (
+    budget_units,
     channel_cost,
     channel_elements,
     channel_scores,
@@ -37,6 +38,7 @@ __all__ = [
     "Member",
     "Plan",
     "SkippedGroup",
+    "budget_units",
     "channel_cost",
     "channel_elements",
     "channel_scores",

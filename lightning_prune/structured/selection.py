@@ -249,6 +249,14 @@ def channel_elements(group: ChannelGroup, channels: Tensor, params: Mapping[str,
     return elements
 
 
+def budget_units(weights: Mapping[str, Tensor], entry_costs: Mapping[str, float] | None = None) -> float:
+    """What the non-zero entries of ``weights`` count for against a budget: one each, or their ``entry_costs``
+    (by name; absent names count nothing)."""
+    if entry_costs is None:
+        return sum(int(w.count_nonzero()) for w in weights.values())
+    return sum(entry_costs.get(name, 0.0) * int(w.count_nonzero()) for name, w in weights.items())
+
+
 def select(
     groups: Sequence[ChannelGroup],
     params: Mapping[str, Tensor],
@@ -312,8 +320,7 @@ def select(
             flat = pruned[name].view(-1)
             new = indices[~flat[indices.to(flat.device)].to(indices.device)]  # only what is not cut yet
             if name in weights:
-                cost = 1.0 if entry_costs is None else entry_costs.get(name, 0.0)
-                gained += cost * int(weights[name].view(-1)[new.to(weights[name].device)].count_nonzero())
+                gained += budget_units({name: weights[name].view(-1)[new.to(weights[name].device)]}, entry_costs)
             flat[new.to(flat.device)] = True
             chosen[name] = torch.cat([chosen[name], new]) if name in chosen else new
         budget -= gained
