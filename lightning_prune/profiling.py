@@ -3,9 +3,9 @@
 FLOPs come from ptflops' default ("pytorch") backend, which counts ``nn.LSTM`` (the "aten" backend does not). Two
 ptflops habits are handled here: it returns ``(None, None)`` instead of raising on a bad input (we raise), and it leaves
 bound methods and counters on the model it analyses, which break ``torch.save`` of that object (we only ever give it a
-deep copy). Its stock RNN hook also fails on a ``PackedSequence`` input, which our LSTM classifier uses, so RNN layers
-get a hook that understands packed input. And it counts activation and pooling modules twice (once by the module hook,
-once by its patch of the ``F.*`` function the module calls); the second count is dropped.
+deep copy). Its stock RNN hook also fails on a ``PackedSequence`` input, which users' recurrent models often pass, so
+RNN layers get a hook that understands packed input. And it counts activation and pooling modules twice (once by the
+module hook, once by its patch of the ``F.*`` function the module calls); the second count is dropped.
 """
 
 import contextlib
@@ -44,8 +44,9 @@ def profile(
     FLOP (the usual convention of pruning papers). ptflops also counts bias additions, activations, pooling and
     normalisation elements, and functional calls in ``forward`` (``F.relu``, ``torch.matmul``, ...); an activation or
     pooling *module* is counted once, not twice as ptflops 0.7.5 alone reports it. They are taken on the first sample
-    of ``example_input`` (for a tuple, the first row of every tensor), so for a packed-sequence model such as
-    :class:`~lightning_prune.models.LSTMClassifier` they cover that sample's real length. ptflops runs on a deep copy,
+    of ``example_input`` (for a tuple, the first row of every tensor), so for a model that packs its sequences they
+    cover that sample's real length, and for one that runs over the padding, such as
+    :class:`~lightning_prune.models.LSTMClassifier`, every padded step. ptflops runs on a deep copy,
     so the caller's model is never modified (the copy needs as much memory again as the model).
 
     ``flops_effective`` multiplies each layer's MACs by the density (fraction of non-zero entries) of that layer's
