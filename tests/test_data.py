@@ -67,6 +67,23 @@ def test_imdb_batches_hold_tokens_lengths_and_labels(tiny_imdb):
     assert not any("<" in token for token in dm.tokenizer.get_vocab())
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_imdb_truncation_keeps_the_end_or_the_start_of_a_long_review(tiny_imdb, side):
+    dm = IMDBDataModule(data_dir=str(tiny_imdb), val_size=16, vocab_size=50, max_length=3, truncation_side=side)
+    dm.setup("test")
+    dm.tokenizer.no_truncation()
+    dm.tokenizer.no_padding()
+    whole = dm.tokenizer.encode(dm.load()["test"][0]["text"]).ids
+    assert len(whole) > 3
+    kept = whole[-3:] if side == "left" else whole[:3]
+    assert dm.test_set[0][0].tolist() == kept
+
+
+def test_imdb_unknown_truncation_side_is_named(tiny_imdb):
+    with pytest.raises(ValueError, match="truncation_side"):
+        IMDBDataModule(data_dir=str(tiny_imdb), truncation_side="end")
+
+
 def test_imdb_second_setup_reuses_the_cached_tokenizer_and_tokens(tiny_imdb, monkeypatch):
     IMDBDataModule(data_dir=str(tiny_imdb), val_size=16, vocab_size=40, max_length=16).setup("fit")
     cache = Path(datasets.config.HF_DATASETS_CACHE)

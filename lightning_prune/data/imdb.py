@@ -10,8 +10,10 @@ from tokenizers.trainers import WordLevelTrainer
 from torch.utils.data import Dataset, TensorDataset
 
 from lightning_prune.data.hub import DEFAULT_VAL_SIZE, HubDataModule
+from lightning_prune.validation import check_choice
 
 PAD_TOKEN, UNK_TOKEN = "[PAD]", "[UNK]"  # ids 0 and 1: the model's padding index is 0
+TRUNCATION_SIDES = ("left", "right")
 
 
 def train_tokenizer(texts: datasets.Dataset, vocab_size: int) -> Tokenizer:
@@ -46,6 +48,9 @@ class IMDBDataModule(HubDataModule):
         seed: Seed of the train/validation split.
         vocab_size: Tokenizer vocabulary, special tokens included; the CLI passes it on to the model.
         max_length: Reviews are truncated to this many tokens.
+        truncation_side: ``"left"`` keeps a long review's last ``max_length`` tokens, where its verdict usually is;
+            ``"right"`` keeps its first. At 128 tokens the unpruned LSTM learns much sooner from the end: 82.3% against
+            53.8% validation accuracy after 3 epochs (seed 0; docs/RESULTS.md, IMDB).
     """
 
     hub_name = "stanfordnlp/imdb"
@@ -60,6 +65,7 @@ class IMDBDataModule(HubDataModule):
         seed: int = 0,
         vocab_size: int = 20000,
         max_length: int = 256,
+        truncation_side: str = "left",
     ) -> None:
         super().__init__(data_dir, batch_size, num_workers, val_size, seed)
         if vocab_size < 3:
@@ -68,6 +74,7 @@ class IMDBDataModule(HubDataModule):
             raise ValueError(f"`max_length` must be >= 1, got {max_length}")
         self.vocab_size = vocab_size
         self.max_length = max_length
+        self.truncation_side = check_choice("truncation_side", truncation_side, TRUNCATION_SIDES)
         self.tokenizer: Tokenizer | None = None
 
     def _cached_tokenizer(self, train: datasets.Dataset) -> Tokenizer:
@@ -81,7 +88,7 @@ class IMDBDataModule(HubDataModule):
         return tokenizer
 
     def _tokenise(self, split: datasets.Dataset, tokenizer: Tokenizer, fingerprint: str) -> TensorDataset:
-        tokenizer.enable_truncation(self.max_length)
+        tokenizer.enable_truncation(self.max_length, direction=self.truncation_side)
         tokenizer.enable_padding(pad_id=0, pad_token=PAD_TOKEN, length=self.max_length)
         features = datasets.Features(
             {
@@ -104,7 +111,7 @@ class IMDBDataModule(HubDataModule):
             batched=True,
             remove_columns=split.column_names,
             features=features,
-            new_fingerprint=f"{split._fingerprint}-{fingerprint}-{self.max_length}-tokens-v1",
+            new_fingerprint=f"{split._fingerprint}-{fingerprint}-{self.max_length}-{self.truncation_side}-tokens-v1",
             desc="Tokenising",
         ).with_format("numpy")
         columns = ("tokens", "length", "label")
