@@ -87,6 +87,23 @@ def test_flops_budget_resumes_with_the_initial_macs_of_the_unpruned_model(tmp_pa
     assert 1 - conv_macs(fresh.backbone) / conv_macs(convnet()) >= 0.6 - 0.02
 
 
+def test_resuming_with_another_budget_is_refused_naming_it(tmp_path):
+    # the checkpoint's history and ratio count weights; MACs before pruning are gone from a shrunk model
+    settings = {"target_sparsity": 0.6, "initial_ratio": 0.3, "end_epoch": 4}
+    L.seed_everything(0)
+    first = RealTimePruningCallback(mode="structured", budget="weights", **settings)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    module = ClassificationModule(convnet())
+    quiet_trainer(max_epochs=2, callbacks=[first, checkpoint], enable_checkpointing=True).fit(module, images())
+    assert first.sparsity > 0
+
+    second = RealTimePruningCallback(mode="structured", budget="flops", **settings)
+    with pytest.raises(ValueError, match=r"budget='weights'.*`budget`='flops'"):
+        quiet_trainer(max_epochs=5, callbacks=[second]).fit(
+            ClassificationModule(convnet()), images(), ckpt_path=tmp_path / "last.ckpt"
+        )
+
+
 def test_bad_budgets_name_themselves():
     with pytest.raises(ValueError, match="`budget`"):
         RealTimePruningCallback(mode="structured", budget="macs")

@@ -264,12 +264,26 @@ class StructuredPruner(Pruner):
 
     def state_dict(self) -> dict[str, Any]:
         state = {**super().state_dict(), **({"prunable": list(self.prunable)} if self._narrowed else {})}
+        state["budget"] = self.budget
         return {**state, **({"initial_macs": self.initial_macs} if self.initial_macs is not None else {})}
+
+    def _check_budget(self, state: Mapping[str, Any]) -> None:
+        """A run resumes with the budget it pruned by: its history and ratio count that budget's units, and a FLOPs
+        budget needs the MACs of the model before any cut, which a model pruned by weights no longer has."""
+        # checkpoints older than the "budget" key: only a FLOPs budget saved initial_macs
+        saved = state.get("budget", "flops" if "initial_macs" in state else "weights")
+        if saved != self.budget:
+            raise ValueError(
+                f"RealTimePruningCallback: the checkpoint was pruned with budget={saved!r}, but this callback has "
+                f"`budget`={self.budget!r}. Resume with budget={saved!r}, or start a new fit to prune by "
+                f"{self.budget!r}."
+            )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         # the model may have been resized from the checkpoint since setup(): hold its current parameters
         if "masks" not in state:
             return super().load_state_dict(state)
+        self._check_budget(state)
         self._build_state()
         super().load_state_dict(structured.fit_saved_state(state, self.masks.pruned, self.saliency.weights))
         self.initial_macs = state.get("initial_macs", self.initial_macs)
