@@ -143,3 +143,27 @@ def test_step_intervals_judge_each_cut_by_the_validation_run_after_it():
     assert not any("after the last cut" in reason for reason in reasons)
     assert [h["action"] for h in pruning.history].count("rollback") == GUARD_PATIENCE
     assert 0.2 < pruning.sparsity <= 0.3
+
+
+class UnitsNet(TinyNet):
+    """Validation logs the share of the two hidden layers' units still alive (non-zero rows), whether the cut units
+    are masked or already removed: structured mode's counterpart of DensityNet."""
+
+    def validation_step(self, batch, batch_idx):
+        alive = sum(int(layer.weight.abs().sum(dim=1).count_nonzero()) for layer in (self.net[0], self.net[2]))
+        self.log("val_units", alive / 64)
+
+
+def test_structured_mode_undoes_refused_cuts_and_ends_with_the_last_cut_it_kept():
+    pruning = guarded(mode="structured", guard="val_units", max_drop=0.3)
+    module = UnitsNet()
+    quiet_trainer(max_epochs=14, callbacks=[pruning]).fit(module, loader(), loader(64))
+
+    refused = [h for h in pruning.history if h["action"] == "rollback"]
+    assert len(refused) == GUARD_PATIENCE
+    # every refused cut was undone, masked or shrunk: the model ends with the units of the last kept cut
+    alive = module.net[0].out_features + module.net[2].out_features
+    assert 0.7 <= alive / 64 < 1
+    assert pruning.sparsity == pytest.approx(refused[-1]["sparsity"])
+    assert any(h["action"] == "prune" and h["sparsity"] == pytest.approx(pruning.sparsity) for h in pruning.history)
+    assert int(module.net[0].weight.abs().sum(dim=1).count_nonzero()) == module.net[0].out_features
