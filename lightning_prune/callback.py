@@ -308,8 +308,10 @@ class RealTimePruningCallback(Callback):
 
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if not self.guard.keeps_last_cut():
-            rank_zero_warn(f"RealTimePruningCallback: the last cut was not kept by `{self.guard.metric}` or no "
-                           f"validation judged it: undone ({self.pruner.undo()} weights back).")  # fmt: skip
+            restored = self.pruner.undo()
+            entry = self.guard.undone_at_end(trainer.current_epoch, trainer.global_step, restored, self.sparsity)
+            self.history.append(entry)
+            rank_zero_warn(f"RealTimePruningCallback: {entry['reason']}.")
         self.pruner.finish(trainer)
 
     def on_fit_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from lightning_prune.controller import Action, Decision, RatioController
+from lightning_prune.controller import Action, Decision, IntervalRecord, RatioController
 from lightning_prune.validation import check_choice, check_name, check_number
 
 GUARD_MODES = ("max", "min")
@@ -124,6 +124,14 @@ class Guard:
         """At the end of training: whether the last cut may stay (kept, or nothing pending). A cut no validation run
         has judged does not: the final model is the sparsest one that kept the guard."""
         return not self.pending or self.verdict() == Verdict.KEPT
+
+    def undone_at_end(self, epoch: int, step: int, restored: int, sparsity: float) -> IntervalRecord:
+        """The history entry of a last cut undone at the end of training (no pacing loss: no interval ended), after
+        :meth:`keeps_last_cut` said no: still pending when no validation run judged it."""
+        why = "no validation run judged it" if self.pending else f"`{self.metric}` refused it"
+        return {"epoch": epoch, "step": step, "loss": math.nan, "grad_norm": None, "ratio": 0.0, "pruned": -restored,
+                "sparsity": sparsity, "action": Action.ROLLBACK.name.lower(),
+                "reason": f"end of training: {why}, so the last cut was undone ({restored} weights back)"}  # fmt: skip
 
     def broken(self, value: float) -> bool:
         """Whether ``value`` is more than ``max_drop`` worse than the reference."""

@@ -71,11 +71,24 @@ def test_without_a_metric_every_cut_is_kept_at_once():
 def test_a_cut_no_validation_judged_is_undone_at_the_end(tmp_path):
     # the window covers every epoch, so the last cut comes after the last validation run
     pruning = guarded(guard="val_density", max_drop=1.0, end_epoch=3)
-    with pytest.warns(UserWarning, match="no validation judged it: undone"):
+    with pytest.warns(UserWarning, match="no validation run judged it, so the last cut was undone"):
         quiet_trainer(max_epochs=3, callbacks=[pruning]).fit(DensityNet(), loader(), loader(64))
-    assert [h["action"] for h in pruning.history] == ["prune", "prune", "prune"]
+    assert [h["action"] for h in pruning.history] == ["prune", "prune", "prune", "rollback"]
     assert pruning.sparsity == pytest.approx(pruning.history[1]["sparsity"])
     assert pruning.sparsity < pruning.history[2]["sparsity"]
+    # the history ends where the model does, and says how many weights came back
+    undone = pruning.history[-1]
+    assert undone["sparsity"] == pytest.approx(pruning.sparsity)
+    assert undone["pruned"] == -pruning.history[2]["pruned"] and "end of training" in undone["reason"]
+
+
+def test_a_last_cut_the_last_validation_refuses_is_undone_at_the_end():
+    # decisions every 2 epochs: the cut after epoch 1 is judged by epoch 2's validation run, and no decision follows
+    pruning = guarded(guard="val_density", max_drop=0.05, interval=2)
+    with pytest.warns(UserWarning, match="`val_density` refused it, so the last cut was undone"):
+        quiet_trainer(max_epochs=3, callbacks=[pruning]).fit(DensityNet(), loader(), loader(64))
+    assert [h["action"] for h in pruning.history] == ["prune", "rollback"]
+    assert pruning.sparsity == 0 == pruning.history[-1]["sparsity"]
 
 
 def test_a_missing_guard_metric_names_the_logged_ones():
@@ -155,6 +168,7 @@ class UnitsNet(TinyNet):
 
 
 def test_structured_mode_undoes_refused_cuts_and_ends_with_the_last_cut_it_kept():
+    torch.manual_seed(0)
     pruning = guarded(mode="structured", guard="val_units", max_drop=0.3)
     module = UnitsNet()
     quiet_trainer(max_epochs=14, callbacks=[pruning]).fit(module, loader(), loader(64))
