@@ -47,8 +47,8 @@ class LSTMClassifier(nn.Module):
         if lengths is None:
             lengths = (tokens != PAD_INDEX).sum(dim=1)
         # Batches are right-padded and the LSTM runs left to right, so its output at the last real token is the state a
-        # packed sequence would end in. Packing is not used: on the CPU its backward pass is about 12x slower (9.5 s
-        # against 0.8 s per batch of 64 x 256 tokens, 2 threads, torch 2.14), and the padded steps cost less than that.
+        # packed sequence would end in. Packing is not used: with reviews of varied lengths a CPU training step was
+        # 9.44x slower packed (bench/lstm_packing.py, docs/BENCHMARKS.md); the padded steps cost far less than that.
         last = (lengths.to(tokens.device).clamp(min=1, max=tokens.shape[1]) - 1).long()
         outputs, _ = self.lstm(self.embedding(tokens))
         final = outputs[torch.arange(tokens.shape[0], device=tokens.device), last]
