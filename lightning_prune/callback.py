@@ -19,10 +19,13 @@ from lightning_prune.inputs import candidate_inputs
 from lightning_prune.logs import decision_metrics, log_decision, log_final
 from lightning_prune.pruners import PRUNER_MODES, SHRINK_WHEN, make_pruner
 from lightning_prune.schedule import DEFAULT_END_FRACTION, PruningWindow
-from lightning_prune.signals import PacingSignals, guard_value, reduce_mean
+from lightning_prune.signals import PROBE_SIZE, DamageProbe, PacingSignals, guard_value, reduce_mean
 from lightning_prune.validation import check_bool, check_choice, check_int, check_name, check_number, check_patterns
 
 __all__ = ["DEFAULT_END_FRACTION", "RealTimePruningCallback"]
+
+# pace_by="damage": cuts tried per decision, each `shrink` times the last (0.5: down to 1/8 of the proposed ratio)
+MAX_TRIAL_CUTS = 4
 
 
 class RealTimePruningCallback(Callback):
@@ -45,6 +48,9 @@ class RealTimePruningCallback(Callback):
             ``end_epoch`` defaults to 80% of ``max_epochs``.
         monitor: None paces pruning by the mean over the interval of the loss ``training_step`` returns (any module,
             no logging needed); a name reads that logged metric (averaged over the interval when logged per step).
+        pace_by: ``"loss"``: the ratio grows while ``monitor`` holds from one interval to the next; ``"damage"``: while
+            the last cut's damage (:class:`~lightning_prune.signals.DamageProbe`: how far it moved the outputs on the
+            first training batch's inputs) is at most ``damage_tolerance``. Rollback stays with the loss.
         min_layer_density: No weight tensor (or channel group) keeps less than this share, in [0, 1].
         normalize_per_layer: Rank saliency normalised per layer (every layer loses about the same share) or raw.
         parameters: Glob patterns of parameters to prune instead of the default (Conv/Linear/LSTM/GRU weights but
@@ -102,6 +108,8 @@ class RealTimePruningCallback(Callback):
         saliency_beta: float = 0.99,
         saliency_every: int = 16,
         grad_damping: float = 2.0,
+        pace_by: str = "loss",
+        damage_tolerance: float = 0.05,
         shrink_when: str = "during",
         budget: str = "weights",
         guard: str | None = None,
@@ -126,7 +134,8 @@ class RealTimePruningCallback(Callback):
         self.controller = RatioController(
             initial_ratio=initial_ratio, min_ratio=min_ratio, max_ratio=max_ratio, growth=growth, shrink=shrink,
             loss_tolerance=loss_tolerance, rollback=rollback, rollback_tolerance=rollback_tolerance,
-            cooldown=cooldown, target_sparsity=target_sparsity, grad_damping=grad_damping,
+            cooldown=cooldown, target_sparsity=target_sparsity, grad_damping=grad_damping, pace_by=pace_by,
+            damage_tolerance=damage_tolerance,
         )  # fmt: skip
         self.pruner = make_pruner(
             mode, shrink_when, budget, importance=importance, saliency_beta=saliency_beta,
@@ -136,12 +145,14 @@ class RealTimePruningCallback(Callback):
         self.mode, self.importance, self.shrink_when, self.budget = mode, importance, shrink_when, budget
         self.target_sparsity, self.min_layer_density, self.monitor = target_sparsity, min_layer_density, monitor
         self.saliency_beta, self.normalize_per_layer = saliency_beta, normalize_per_layer
+        self.pace_by, self.damage_tolerance = pace_by, damage_tolerance
         self.parameters, self.exclude, self.log_layers, self.verbose = parameters, exclude, log_layers, verbose
 
         self.history: list[IntervalRecord] = []
         self.final_profile: dict[str, float] | None = None
         self._pending_state: dict[str, Any] | None = None
         self._signals = PacingSignals(monitor, self.window.per_step)
+        self._probe = DamageProbe() if pace_by == "damage" else None
         self._done = False
         self._trained: list[torch.nn.Parameter] = []  # whose gradient norm is tracked, listed once per fit
         self._batch_idx = 0
@@ -215,6 +226,9 @@ class RealTimePruningCallback(Callback):
         self._batch_idx = batch_idx
         if not self.pruner.candidates:
             self.pruner.prepare(candidate_inputs(batch, pl_module))
+        if self._probe is not None and not self._probe.inputs:
+            # the batch's own samples, not `example_input_array`: a declared example may be a single sample
+            self._probe.capture(candidate_inputs(batch, size=PROBE_SIZE), self.pruner.forward_targets())
 
     def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self._signals.on_epoch_start(trainer.callback_metrics)
@@ -265,7 +279,7 @@ class RealTimePruningCallback(Callback):
         grad_norm = None if grad_norm is None else reduce_mean(trainer.strategy, grad_norm)
         remaining = self.pruner.remaining()  # the budget's units (weights, or MACs), counted once
         decision = self._decide(trainer, epoch, loss, grad_norm, self.pruner.sparsity_at(remaining))
-        changed = self._act(trainer, decision, remaining)
+        decision, changed = self._act(trainer, pl_module, decision, remaining)
         sparsity = self.sparsity if changed < 0 else self.pruner.sparsity_after(remaining, changed)
         if decision.action == Action.DONE or self.guard.exhausted:
             self._done = True
@@ -289,22 +303,55 @@ class RealTimePruningCallback(Callback):
             return Decision(Action.PAUSE, 0.0, f"waiting for start_epoch={self.start_epoch}")
         steps_per_epoch = max(1, trainer.estimated_stepping_batches // max(1, trainer.max_epochs or 1))
         intervals_left = self.window.intervals_left(epoch, trainer.global_step, steps_per_epoch)
-        decision = self.controller.step(loss, grad_norm, sparsity, intervals_left, self.pruner.resolution())
+        damage = self._probe.take() if self._probe is not None else None
+        decision = self.controller.step(loss, grad_norm, sparsity, intervals_left, self.pruner.resolution(), damage)
         if not math.isfinite(loss):
             rank_zero_warn(f"RealTimePruningCallback: the monitored `{self.monitor}` is non-finite ({loss}): NaN "
                            "or infinite losses are never pruned on; pausing this interval.")  # fmt: skip
         return decision
 
-    def _act(self, trainer: "L.Trainer", decision: Decision, remaining: float) -> int:
-        """Carry out the decision; returns the weights cut (negative: restored)."""
+    def _act(
+        self, trainer: "L.Trainer", pl_module: "L.LightningModule", decision: Decision, remaining: float
+    ) -> tuple[Decision, int]:
+        """Carry out the decision; returns it (with the ratio actually cut) and the weights cut (negative: restored)."""
         if decision.action == Action.ROLLBACK:
-            return -self.pruner.undo()
+            return decision, -self.pruner.undo()
         if not self.guard.pending:  # a cut on probation is not made final
             self.pruner.before_decision(trainer)
-        cut = self.pruner.prune(trainer, decision.ratio, remaining) if decision.prunes else 0
+        if not decision.prunes:
+            return decision, 0
+        if self._probe is None:
+            cut = self.pruner.prune(trainer, decision.ratio, remaining)
+        else:
+            decision, cut = self._cut_within_damage(trainer, pl_module, decision, remaining)
         if cut:
             self.guard.after_cut()
-        return cut
+        return decision, cut
+
+    def _cut_within_damage(
+        self, trainer: "L.Trainer", pl_module: "L.LightningModule", decision: Decision, remaining: float
+    ) -> tuple[Decision, int]:
+        """Cut, measure the damage on the probe, and while it exceeds the tolerance, undo and cut less (down to the
+        target's floor): each cut as large as is harmless now. Trial cuts reset the Adam moments of the weights
+        they take and give back (each smaller cut takes a subset of the larger one's)."""
+        ratio, trials = decision.ratio, 1
+        while True:
+            self._probe.before_cut(pl_module)
+            cut = self.pruner.prune(trainer, ratio, remaining)
+            if not cut:
+                return decision, 0
+            # each rank probed its own first batch: decide on the mean, the same everywhere
+            damage = reduce_mean(trainer.strategy, torch.tensor(self._probe.after_cut(pl_module)))
+            self._probe.last = damage
+            smaller = self.controller.smaller_cut(ratio, damage) if trials < MAX_TRIAL_CUTS else None
+            if smaller is None:
+                break
+            self.pruner.undo()
+            ratio, trials = smaller, trials + 1
+        if trials > 1:
+            reason = f"{decision.reason}; cut {ratio:.4f}: larger did damage > {self.controller.damage_tolerance}"
+            decision = Decision(decision.action, ratio, reason)
+        return decision, cut
 
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         if not self.guard.keeps_last_cut():
@@ -330,6 +377,8 @@ class RealTimePruningCallback(Callback):
         own = {"controller": self.controller.state_dict(), "history": list(self.history), "done": self._done,
                "end_epoch": self.end_epoch, "signals": self._signals.state_dict(),
                "guard": self.guard.state_dict()}  # fmt: skip
+        if self._probe is not None:
+            own["probe"] = self._probe.state_dict()
         return {**own, **self.pruner.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -349,4 +398,6 @@ class RealTimePruningCallback(Callback):
             self._signals.load_state_dict(state["signals"])
         if "guard" in state:
             self.guard.load_state_dict(state["guard"])
+        if self._probe is not None and "probe" in state:
+            self._probe.load_state_dict(state["probe"])
         self.pruner.load_state_dict(state)

@@ -4,6 +4,9 @@ Each pruning interval the controller sees the monitored loss, the mean gradient 
 decides what to do with the ``ratio`` (the fraction of the *remaining* prunable weights to remove now):
 
 - the loss held (relative change ``<= loss_tolerance``): prune, and grow the ratio by ``growth``;
+- or, with ``pace_by="damage"``: the last cut was harmless (it moved the outputs on a fixed probe by at
+  most ``damage_tolerance``): grow; it did harm: slow down. The loss's drift, which mostly measures learning, is not
+  read then, and rollback stays with the loss;
 - the loss rose: slow down, shrinking the ratio by ``shrink`` (and still prune at that pace);
 - the loss rose beyond ``rollback_tolerance``: undo the last cut, shrink, and pause for ``cooldown`` intervals;
 - the loss is NaN or infinite: never prune on it, pause;
@@ -17,8 +20,10 @@ from dataclasses import asdict, dataclass, field
 from enum import IntEnum
 from typing import Any, TypedDict
 
-from lightning_prune.validation import check_bool, check_int, check_number
+from lightning_prune.validation import check_bool, check_choice, check_int, check_number
 
+# What paces the ratio: the loss's change over the interval, or the damage of the last cut on a fixed probe.
+PACE_BY = ("loss", "damage")
 # A loss near zero must not turn noise into huge relative changes.
 MIN_LOSS_SCALE = 1e-3
 # Sparsity within this of the target counts as reached (cuts are whole weights).
@@ -115,6 +120,9 @@ class RatioController:
         target_sparsity: Sparsity to reach by the last interval; None adapts under the loss guard only.
         grad_damping: The ratio is damped when the gradient norm exceeds this multiple of its running mean.
         grad_beta: Smoothing of the gradient norm's running mean (per interval).
+        pace_by: ``"loss"``: grow while the loss holds; ``"damage"``: grow while the last cut's damage is small.
+        damage_tolerance: Paced by damage: the largest damage of a cut (relative squared change of the outputs on
+            the probe, :class:`~lightning_prune.signals.DamageProbe`) counted as harmless.
 
     Example:
         >>> controller = RatioController(initial_ratio=0.1, growth=2.0, shrink=0.5, loss_tolerance=0.02)
@@ -138,6 +146,8 @@ class RatioController:
     target_sparsity: float | None = None
     grad_damping: float = 2.0
     grad_beta: float = 0.5
+    pace_by: str = "loss"
+    damage_tolerance: float = 0.05
     # state
     ratio: float = field(init=False)
     reference_loss: float | None = field(default=None, init=False)
@@ -146,6 +156,7 @@ class RatioController:
     last_cut_undoable: bool = field(default=False, init=False)
     loss_before_last_cut: float | None = field(default=None, init=False)
     sparsity_before_last_cut: float = field(default=0.0, init=False)
+    floor: float = field(default=0.0, init=False)  # the smallest cut that keeps the target on time, this interval
 
     def __post_init__(self) -> None:
         self.validate()
@@ -167,11 +178,19 @@ class RatioController:
         check_int("cooldown", self.cooldown, 0)
         check_number("grad_damping", self.grad_damping, 1)
         check_number("grad_beta", self.grad_beta, 0, 1, high_open=True)
+        check_choice("pace_by", self.pace_by, PACE_BY)
+        check_number("damage_tolerance", self.damage_tolerance, 0)
 
     # -- the decision -------------------------------------------------------------------------------------------
 
     def step(
-        self, loss: float, grad_norm: float | None, sparsity: float, intervals_left: int, resolution: float = 0.0
+        self,
+        loss: float,
+        grad_norm: float | None,
+        sparsity: float,
+        intervals_left: int,
+        resolution: float = 0.0,
+        damage: float | None = None,
     ) -> Decision:
         """Decide this interval's action.
 
@@ -182,6 +201,7 @@ class RatioController:
             intervals_left: Pruning intervals left, this one included (for the target floor).
             resolution: The smallest possible step of ``sparsity`` (one weight, or one channel): the target counts as
                 reached within it.
+            damage: With ``pace_by="damage"``, the damage of the last cut (None: no cut since the last decision).
         """
         target = self.target_sparsity
         if target is not None and sparsity >= target - max(TARGET_EPS, resolution):
@@ -205,7 +225,9 @@ class RatioController:
         if change is not None and change > self.rollback_tolerance and self._may_roll_back(sparsity, intervals_left):
             return self.reject_last_cut(f"loss rose {change:+.1%}: undoing the last cut")
 
-        if change is None:
+        if self.pace_by == "damage":
+            action, reason = self._pace_by_damage(damage, first=previous is None)
+        elif change is None:
             action, reason = Action.PRUNE, "first cut"
         elif change > self.loss_tolerance:
             self.ratio *= self.shrink
@@ -223,6 +245,33 @@ class RatioController:
         self.reference_loss = loss
         self.last_cut_undoable = cut > 0
         return Decision(action, cut, reason)
+
+    def smaller_cut(self, ratio: float, damage: float) -> float | None:
+        """With ``pace_by="damage"``, after a cut of ``ratio`` that did ``damage``: a smaller ratio to cut instead
+        (``ratio * shrink``, never below the target's floor or ``min_ratio``) when it did harm, else None (keep it).
+
+        Example:
+            >>> controller = RatioController(pace_by="damage", damage_tolerance=0.05, initial_ratio=0.4)
+            >>> controller.smaller_cut(0.4, damage=0.2), controller.smaller_cut(0.2, damage=0.01)
+            (0.2, None)
+        """
+        if self.pace_by != "damage" or not damage > self.damage_tolerance:
+            return None
+        smaller = max(ratio * self.shrink, self.floor, self.min_ratio)
+        if smaller >= ratio:  # the floor: this cut must be made, harm or not
+            return None
+        self.ratio = smaller  # the pace goes on from what was kept
+        return smaller
+
+    def _pace_by_damage(self, damage: float | None, first: bool) -> tuple[Action, str]:
+        """Grow the ratio after a harmless cut, shrink it after a harmful one; keep it with no cut to judge."""
+        if damage is None or not math.isfinite(damage):
+            return Action.PRUNE, "first cut" if first else "no cut to judge since the last decision: pace kept"
+        if damage > self.damage_tolerance:
+            self.ratio *= self.shrink
+            return Action.SLOW_DOWN, f"last cut's damage {damage:.3g} > {self.damage_tolerance}: slowing down"
+        self.ratio *= self.growth
+        return Action.PRUNE, f"last cut's damage {damage:.3g}: speeding up"
 
     def reject_last_cut(self, reason: str) -> Decision:
         """Undo the last cut (the loss rose too far, or the guard refused it): slow down and pause for ``cooldown``."""
@@ -248,13 +297,15 @@ class RatioController:
         """The ratio to cut now: the paced ratio, raised to the target floor, never past the target."""
         cut = self.ratio
         target = self.target_sparsity
+        self.floor = 0.0
         if target is None:
             return cut
         remaining_fraction = (1 - target) / (1 - sparsity)
         floor = 1 - remaining_fraction ** (1 / intervals_left)
         exact = 1 - remaining_fraction
         # the floor may exceed max_ratio only when the target cannot be reached at max_ratio: then max_ratio wins
-        cut = min(max(cut, min(floor, self.max_ratio)), exact)
+        self.floor = min(floor, self.max_ratio, exact)
+        cut = min(max(cut, self.floor), exact)
         # the floor sets the pace too: `ratio` is what was cut, unless the cut stopped at the target
         self.ratio = max(self.ratio, cut)
         return cut

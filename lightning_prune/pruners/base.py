@@ -168,14 +168,19 @@ class Pruner:
             "pruning/params_total": float(sum(p.numel() for p in named.values())),
         }
         candidates = [self.example_input, *self.candidates] if self.example_input is not None else self.candidates
-        targets = structured.forward_targets(self.module, owner_names(self.prunable))
-        flops = self.flops.measure(self.module, [to_device_of(self.module, c) for c in candidates], targets)
+        on_device = [to_device_of(self.module, c) for c in candidates]
+        flops = self.flops.measure(self.module, on_device, self.forward_targets())
         if flops is not None:
             values["pruning/flops"] = flops
         if per_layer:
             for name, weight in self.prunable_now().items():
                 values[f"pruning/layer/{name}"] = 1 - float(weight.count_nonzero()) / weight.numel()
         return values
+
+    def forward_targets(self) -> list[str]:
+        """Where the model may be called, most likely first: itself, then the submodules holding the prunable layers
+        (a LightningModule without ``forward`` calls one of them in its ``training_step``)."""
+        return structured.forward_targets(self.module, owner_names(self.prunable))
 
     def resolution(self) -> float:
         """The smallest possible change of sparsity."""
