@@ -334,7 +334,7 @@ class RealTimePruningCallback(Callback):
         """Cut, measure the damage on the probe, and while it exceeds the tolerance, undo and cut less (down to the
         target's floor): each cut as large as is harmless now. Trial cuts reset the Adam moments of the weights
         they take and give back (each smaller cut takes a subset of the larger one's)."""
-        ratio, trials = decision.ratio, 1
+        ratio, trials, first_damage = decision.ratio, 1, None
         while True:
             self._probe.before_cut(pl_module)
             cut = self.pruner.prune(trainer, ratio, remaining)
@@ -343,13 +343,15 @@ class RealTimePruningCallback(Callback):
             # each rank probed its own first batch: decide on the mean, the same everywhere
             damage = reduce_mean(trainer.strategy, torch.tensor(self._probe.after_cut(pl_module)))
             self._probe.last = damage
+            first_damage = damage if first_damage is None else first_damage
             smaller = self.controller.smaller_cut(ratio, damage) if trials < MAX_TRIAL_CUTS else None
             if smaller is None:
                 break
             self.pruner.undo()
             ratio, trials = smaller, trials + 1
         if trials > 1:
-            reason = f"{decision.reason}; cut {ratio:.4f}: larger did damage > {self.controller.damage_tolerance}"
+            tried = f"{decision.ratio:.4f} did damage {first_damage:.3g} > {self.controller.damage_tolerance}"
+            reason = f"{decision.reason}; {tried}: cut {ratio:.4f}"
             decision = Decision(decision.action, ratio, reason)
         return decision, cut
 

@@ -88,7 +88,8 @@ def test_a_too_harmful_cut_is_undone_and_a_smaller_one_kept_with_the_other_weigh
     snapshots = Snapshots(pruning)
     quiet_trainer(max_epochs=1, callbacks=[pruning, snapshots]).fit(TinyNet(), loader())
     first = pruning.history[0]
-    assert first["ratio"] == pytest.approx(0.8 * 0.5**3) and "larger did damage > 0.0" in first["reason"]
+    assert first["ratio"] == pytest.approx(0.8 * 0.5**3)
+    assert re.search(r"0\.8000 did damage \S+ > 0\.0: cut 0\.1000$", first["reason"]), first["reason"]
     assert first["sparsity"] == pytest.approx(0.1, abs=1e-3) and pruning.sparsity == pytest.approx(0.1, abs=1e-3)
     for name, after in snapshots.after.items():
         before, cut = snapshots.before[name], pruning.masks.pruned[name]
@@ -101,7 +102,7 @@ def test_a_harmless_cut_is_kept_whole():
     L.seed_everything(0)
     pruning = RealTimePruningCallback(pace_by="damage", damage_tolerance=10.0, initial_ratio=0.3)
     quiet_trainer(max_epochs=1, callbacks=[pruning]).fit(TinyNet(), loader())
-    assert pruning.history[0]["ratio"] == pytest.approx(0.3) and "larger" not in pruning.history[0]["reason"]
+    assert pruning.history[0]["ratio"] == pytest.approx(0.3) and "did damage" not in pruning.history[0]["reason"]
 
 
 def test_a_run_resumed_mid_way_measures_on_the_same_probe_and_makes_the_same_cuts(tmp_path):
@@ -109,7 +110,7 @@ def test_a_run_resumed_mid_way_measures_on_the_same_probe_and_makes_the_same_cut
     L.seed_everything(0)
     uninterrupted = RealTimePruningCallback(**settings)
     quiet_trainer(max_epochs=6, callbacks=[uninterrupted]).fit(TinyNet(), loader())
-    assert any("larger did damage" in h["reason"] for h in uninterrupted.history)  # the probe did decide something
+    assert any("did damage" in h["reason"] for h in uninterrupted.history)  # the probe did decide something
 
     L.seed_everything(0)
     first = RealTimePruningCallback(**settings)
@@ -132,7 +133,7 @@ def test_structured_mode_tries_smaller_cuts_of_whole_units_too():
     module = TinyNet()
     quiet_trainer(max_epochs=2, callbacks=[pruning]).fit(module, loader())
     first = pruning.history[0]
-    assert first["ratio"] == pytest.approx(0.1) and "larger did damage" in first["reason"]
+    assert first["ratio"] == pytest.approx(0.1) and "did damage" in first["reason"]
     # one pruning interval (end_epoch 80% of 2): the model keeps what the kept cut left, whole units removed
     assert [h["action"] for h in pruning.history] == ["prune", "done"]
     assert pruning.sparsity == pytest.approx(0.1, abs=0.03)
