@@ -109,7 +109,7 @@ class RealTimePruningCallback(Callback):
         saliency_every: int = 16,
         grad_damping: float = 2.0,
         pace_by: str = "loss",
-        damage_tolerance: float = 0.05,
+        damage_tolerance: float = 0.01,
         shrink_when: str = "during",
         budget: str = "weights",
         guard: str | None = None,

@@ -147,7 +147,7 @@ class RatioController:
     grad_damping: float = 2.0
     grad_beta: float = 0.5
     pace_by: str = "loss"
-    damage_tolerance: float = 0.05
+    damage_tolerance: float = 0.01
     # state
     ratio: float = field(init=False)
     reference_loss: float | None = field(default=None, init=False)
