@@ -335,8 +335,8 @@ class RealTimePruningCallback(Callback):
         target's floor): each cut as large as is harmless now. Trial cuts reset the Adam moments of the weights
         they take and give back (each smaller cut takes a subset of the larger one's)."""
         ratio, trials, first_damage = decision.ratio, 1, None
+        self._probe.before_cut(pl_module)  # an undone trial leaves the outputs as they were: measured once
         while True:
-            self._probe.before_cut(pl_module)
             cut = self.pruner.prune(trainer, ratio, remaining)
             if not cut:
                 return decision, 0

@@ -265,12 +265,12 @@ class DamageProbe:
         )
 
     def before_cut(self, model: torch.nn.Module) -> None:
+        """The outputs every cut until the next call is compared with (a cut tried, undone and tried smaller too)."""
         self._before = self.outputs(model)
 
     def after_cut(self, model: torch.nn.Module) -> float:
         """The damage of the cut made since :meth:`before_cut`; kept in ``last`` until :meth:`take`."""
-        after = self.outputs(model)
-        before, self._before = self._before, None
+        after, before = self.outputs(model), self._before
         scale = before.pow(2).sum().clamp_min(torch.finfo(before.dtype).tiny)
         self.last = float((after - before).pow(2).sum() / scale)
         return self.last
