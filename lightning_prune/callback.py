@@ -12,7 +12,14 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from lightning_prune.controller import Action, Decision, IntervalRecord, RatioController, unreachable_target
+from lightning_prune.controller import (
+    Action,
+    Decision,
+    IntervalRecord,
+    RatioController,
+    changed_settings,
+    unreachable_target,
+)
 from lightning_prune.guard import Guard
 from lightning_prune.importance import IMPORTANCE_METHODS
 from lightning_prune.inputs import candidate_inputs
@@ -391,9 +398,15 @@ class RealTimePruningCallback(Callback):
         self._restore(state_dict)
 
     def _restore(self, state: dict[str, Any]) -> None:
+        changed = {**changed_settings(self.controller, state["controller"]),
+                   **changed_settings(self.guard, state.get("guard", {}))}  # fmt: skip
         self.controller.load_state_dict(state["controller"])
         self.history = list(state["history"])
-        self._done = state["done"]
+        # "done" was decided under the saved settings: under new ones (a higher target, a looser guard) decide again
+        self._done = state["done"] and not changed
+        if changed:
+            said = ", ".join(f"{name}={now!r} (was {saved!r})" for name, (saved, now) in changed.items())
+            rank_zero_warn(f"RealTimePruningCallback: resuming with changed settings, which apply from now on: {said}.")
         if self.window.end_epoch is None:
             self.window.end_epoch = state["end_epoch"]
         if "signals" in state:

@@ -16,7 +16,7 @@ decides what to do with the ``ratio`` (the fraction of the *remaining* prunable 
 """
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import IntEnum
 from typing import Any, TypedDict
 
@@ -328,6 +328,26 @@ class RatioController:
         return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-        self.validate()
+        """Restore the controller's state. Its settings stay the ones it was built with: a resumed run may change
+        them (a higher target, a slower pace) and means the new values; :func:`changed_settings` names what changed.
+        """
+        restore_state(self, state)
+
+
+def changed_settings(settings: Any, state: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """A dataclass's constructor fields whose value saved in ``state`` differs from the current: name -> (saved, now).
+
+    Example:
+        >>> saved = RatioController(target_sparsity=0.5).state_dict()
+        >>> changed_settings(RatioController(target_sparsity=0.8), saved)
+        {'target_sparsity': (0.5, 0.8)}
+    """
+    return {f.name: (state[f.name], getattr(settings, f.name)) for f in fields(settings)
+            if f.init and f.name in state and state[f.name] != getattr(settings, f.name)}  # fmt: skip
+
+
+def restore_state(settings: Any, state: dict[str, Any]) -> None:
+    """Set a dataclass's state fields (those not in its constructor) from ``state``; its settings stay as they are."""
+    for f in fields(settings):
+        if not f.init and f.name in state:
+            setattr(settings, f.name, state[f.name])

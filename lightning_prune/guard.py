@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any
 
-from lightning_prune.controller import Action, Decision, IntervalRecord, RatioController
+from lightning_prune.controller import Action, Decision, IntervalRecord, RatioController, restore_state
 from lightning_prune.validation import check_choice, check_name, check_number
 
 GUARD_MODES = ("max", "min")
@@ -153,5 +153,11 @@ class Guard:
         return asdict(self)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
+        """Restore what the guard saw; its settings stay the ones it was built with. A reference and a pending cut
+        measured by another metric mean nothing to this one, and refusals counted against another ``max_drop`` do not
+        count against this one."""
+        if (state.get("metric"), state.get("mode")) != (self.metric, self.mode):
+            return
+        restore_state(self, state)
+        if state.get("max_drop") != self.max_drop:
+            self.refused_in_a_row = 0

@@ -118,6 +118,20 @@ def test_resume_after_a_crash_continues_with_the_same_masks_ratio_and_history(tm
     assert second.sparsity == pytest.approx(0.8, abs=1e-3)
 
 
+def test_a_run_resumed_with_a_higher_target_prunes_on_to_it_and_says_what_changed(tmp_path):
+    L.seed_everything(0)
+    first = RealTimePruningCallback(monitor="objective", target_sparsity=0.5, initial_ratio=0.3, end_epoch=2)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    quiet_trainer(max_epochs=3, callbacks=[first, checkpoint], enable_checkpointing=True).fit(TinyNet(), loader())
+    assert first.history[-1]["action"] == "done" and first.sparsity == pytest.approx(0.5, abs=1e-3)
+
+    second = RealTimePruningCallback(monitor="objective", target_sparsity=0.8, initial_ratio=0.3, end_epoch=5)
+    with pytest.warns(UserWarning, match=r"changed settings.*target_sparsity=0.8 \(was 0.5\)"):
+        quiet_trainer(max_epochs=6, callbacks=[second]).fit(TinyNet(), loader(), ckpt_path=tmp_path / "last.ckpt")
+    assert second.history[:3] == first.history
+    assert second.sparsity == pytest.approx(0.8, abs=1e-3)
+
+
 def test_non_finite_loss_pauses_with_a_warning():
     pruning = RealTimePruningCallback(monitor="watch", initial_ratio=0.1)
     module = TinyNet(scripted={0: 1.0, 1: float("nan"), 2: 1.0})

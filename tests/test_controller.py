@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lightning_prune.controller import Action, RatioController
+from lightning_prune.controller import Action, RatioController, changed_settings
 
 losses = st.lists(st.floats(min_value=1e-4, max_value=100.0, allow_nan=False), min_size=1, max_size=40)
 
@@ -139,6 +139,18 @@ def test_state_dict_round_trip_continues_identically():
     b.load_state_dict(a.state_dict())
     assert a.step(0.7, 2.0, 0.4, 6) == b.step(0.7, 2.0, 0.4, 6)
     assert a.state_dict() == b.state_dict()
+
+
+def test_a_restored_controller_keeps_its_own_settings_and_the_saved_state():
+    # a run resumed with a higher target means it: the checkpoint's settings must not silently replace it
+    saved = RatioController(target_sparsity=0.5, initial_ratio=0.05)
+    saved.step(1.0, 1.0, 0.0, 10)
+    saved.step(0.9, 1.0, 0.05, 9)
+    resumed = RatioController(target_sparsity=0.8, initial_ratio=0.05, max_ratio=0.3)
+    resumed.load_state_dict(saved.state_dict())
+    assert (resumed.target_sparsity, resumed.max_ratio) == (0.8, 0.3)
+    assert resumed.ratio == saved.ratio and resumed.reference_loss == saved.reference_loss
+    assert changed_settings(resumed, saved.state_dict()) == {"target_sparsity": (0.5, 0.8), "max_ratio": (0.5, 0.3)}
 
 
 @pytest.mark.parametrize(

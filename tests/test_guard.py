@@ -184,3 +184,23 @@ def test_structured_mode_undoes_refused_cuts_and_ends_with_the_last_cut_it_kept(
     assert pruning.sparsity == pytest.approx(refused[-1]["sparsity"])
     assert any(h["action"] == "prune" and h["sparsity"] == pytest.approx(pruning.sparsity) for h in pruning.history)
     assert int(module.net[0].weight.abs().sum(dim=1).count_nonzero()) == module.net[0].out_features
+
+
+def test_a_restored_guard_keeps_its_own_settings_and_only_what_they_still_mean():
+    saved = Guard("val_acc", "max", max_drop=0.005)
+    saved.observe(0.90)
+    saved.verdict()
+    saved.after_cut()
+    saved.observe(0.80)
+    assert saved.verdict() == Verdict.REFUSED
+    same = Guard("val_acc", "max", max_drop=0.005)
+    same.load_state_dict(saved.state_dict())
+    assert (same.reference, same.refused_in_a_row) == (0.90, 1)
+    # a looser max_drop: the refusal was counted against the old one
+    looser = Guard("val_acc", "max", max_drop=0.2)
+    looser.load_state_dict(saved.state_dict())
+    assert (looser.max_drop, looser.reference, looser.refused_in_a_row) == (0.2, 0.90, 0)
+    # another metric: a reference in val_acc's units means nothing to val_loss
+    other = Guard("val_loss", "min", max_drop=0.1)
+    other.load_state_dict(saved.state_dict())
+    assert (other.metric, other.reference, other.refused_in_a_row) == ("val_loss", None, 0)
