@@ -24,6 +24,7 @@ from lightning_prune.guard import Guard
 from lightning_prune.importance import IMPORTANCE_METHODS
 from lightning_prune.inputs import candidate_inputs
 from lightning_prune.logs import decision_metrics, log_decision, log_final
+from lightning_prune.optim import per_weight_state
 from lightning_prune.pruners import PRUNER_MODES, SHRINK_WHEN, make_pruner
 from lightning_prune.schedule import DEFAULT_END_FRACTION, PruningWindow
 from lightning_prune.signals import PROBE_SIZE, DamageProbe, PacingSignals, guard_value, reduce_mean
@@ -339,10 +340,13 @@ class RealTimePruningCallback(Callback):
         self, trainer: "L.Trainer", pl_module: "L.LightningModule", decision: Decision, remaining: float
     ) -> tuple[Decision, int]:
         """Cut, measure the damage on the probe, and while it exceeds the tolerance, undo and cut less (down to the
-        target's floor): each cut as large as is harmless now. Trial cuts reset the Adam moments of the weights
-        they take and give back (each smaller cut takes a subset of the larger one's)."""
+        target's floor): each cut as large as is harmless now. An undone trial leaves the weights and their optimizer
+        state exactly as they were."""
         ratio, trials, first_damage = decision.ratio, 1, None
         self._probe.before_cut(pl_module)  # an undone trial leaves the outputs as they were: measured once
+        # a cut zeroes its weights' moments; no optimizer step runs between trials, so a copy restores them exactly
+        moments = per_weight_state(trainer.optimizers, self.pruner.masks.weights.values())
+        saved_moments = [m.clone() for m in moments]
         while True:
             cut = self.pruner.prune(trainer, ratio, remaining)
             if not cut:
@@ -355,6 +359,8 @@ class RealTimePruningCallback(Callback):
             if smaller is None:
                 break
             self.pruner.undo()
+            for live, saved in zip(moments, saved_moments, strict=True):
+                live.copy_(saved)
             ratio, trials = smaller, trials + 1
         if trials > 1:
             tried = f"{decision.ratio:.4f} did damage {first_damage:.3g} > {self.controller.damage_tolerance}"

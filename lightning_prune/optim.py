@@ -33,6 +33,13 @@ def zero_state_entries(optimizers: Iterable[torch.optim.Optimizer], entries: Map
                     value.view(-1)[indices.to(value.device)] = 0
 
 
+def per_weight_state(optimizers: Iterable[torch.optim.Optimizer], params: Iterable[Tensor]) -> list[Tensor]:
+    """The optimizers' state tensors shaped like one of ``params`` (e.g. Adam's two moments of each)."""
+    params = list(params)
+    return [value for optimizer in optimizers for param in params for value in optimizer.state.get(param, {}).values()
+            if torch.is_tensor(value) and value.shape == param.shape]  # fmt: skip
+
+
 @dataclass
 class SavedOptimizers:
     """Each optimizer's per-parameter state keyed by parameter name, its groups' hyperparameters, and the

@@ -64,20 +64,25 @@ def test_a_model_the_probe_cannot_call_is_named_with_what_to_do():
 
 
 class Snapshots(Callback):
-    """The weights just before and just after the first decision (which runs in on_train_epoch_end)."""
+    """The weights and their Adam moments just before and just after the first decision (in on_train_epoch_end)."""
 
     def __init__(self, pruning: RealTimePruningCallback) -> None:
         self.pruning = pruning
-        self.before: dict[str, torch.Tensor] = {}
-        self.after: dict[str, torch.Tensor] = {}
+        self.before: dict[str, list[torch.Tensor]] = {}
+        self.after: dict[str, list[torch.Tensor]] = {}
+
+    def take(self, optimizer: torch.optim.Optimizer) -> dict[str, list[torch.Tensor]]:
+        """Each weight, then its exp_avg and exp_avg_sq."""
+        return {name: [t.detach().clone() for t in (w, optimizer.state[w]["exp_avg"], optimizer.state[w]["exp_avg_sq"])]
+                for name, w in self.pruning.masks.weights.items()}  # fmt: skip
 
     def on_train_epoch_end(self, trainer, pl_module):  # called after the pruning callback's, which is listed first
         if trainer.current_epoch == 0:
-            self.after = {n: w.detach().clone() for n, w in self.pruning.masks.weights.items()}
+            self.after = self.take(trainer.optimizers[0])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.current_epoch == 0:
-            self.before = {n: w.detach().clone() for n, w in self.pruning.masks.weights.items()}
+            self.before = self.take(trainer.optimizers[0])
 
 
 def test_a_too_harmful_cut_is_undone_and_a_smaller_one_kept_with_the_other_weights_untouched():
@@ -93,9 +98,10 @@ def test_a_too_harmful_cut_is_undone_and_a_smaller_one_kept_with_the_other_weigh
     assert first["sparsity"] == pytest.approx(0.1, abs=1e-3) and pruning.sparsity == pytest.approx(0.1, abs=1e-3)
     for name, after in snapshots.after.items():
         before, cut = snapshots.before[name], pruning.masks.pruned[name]
-        assert (after[cut] == 0).all()
-        # the weights the trial cuts took and gave back are exactly what they were
-        assert torch.equal(after[~cut], before[~cut]), name
+        assert all((tensor[cut] == 0).all() for tensor in after)
+        # the weights the trial cuts took and gave back, and their Adam moments, are exactly what they were
+        for what, then, now in zip(("weight", "exp_avg", "exp_avg_sq"), before, after, strict=True):
+            assert torch.equal(now[~cut], then[~cut]), f"{name}: {what}"
 
 
 def test_a_harmless_cut_is_kept_whole():
