@@ -24,7 +24,6 @@ from lightning_prune.guard import Guard
 from lightning_prune.importance import IMPORTANCE_METHODS
 from lightning_prune.inputs import candidate_inputs
 from lightning_prune.logs import decision_metrics, log_decision, log_final
-from lightning_prune.optim import per_weight_state
 from lightning_prune.pruners import PRUNER_MODES, SHRINK_WHEN, make_pruner
 from lightning_prune.schedule import DEFAULT_END_FRACTION, PruningWindow
 from lightning_prune.signals import PROBE_SIZE, DamageProbe, PacingSignals, guard_value, reduce_mean
@@ -344,9 +343,7 @@ class RealTimePruningCallback(Callback):
         state exactly as they were."""
         ratio, trials, first_damage = decision.ratio, 1, None
         self._probe.before_cut(pl_module)  # an undone trial leaves the outputs as they were: measured once
-        # a cut zeroes its weights' moments; no optimizer step runs between trials, so a copy restores them exactly
-        moments = per_weight_state(trainer.optimizers, self.pruner.masks.weights.values())
-        saved_moments = [m.clone() for m in moments]
+        restore_optimizer_state = self.pruner.optimizer_state_restorer(trainer)
         while True:
             cut = self.pruner.prune(trainer, ratio, remaining)
             if not cut:
@@ -359,8 +356,7 @@ class RealTimePruningCallback(Callback):
             if smaller is None:
                 break
             self.pruner.undo()
-            for live, saved in zip(moments, saved_moments, strict=True):
-                live.copy_(saved)
+            restore_optimizer_state()
             ratio, trials = smaller, trials + 1
         if trials > 1:
             tried = f"{decision.ratio:.4f} did damage {first_damage:.3g} > {self.controller.damage_tolerance}"

@@ -5,7 +5,7 @@ Also the strategies refused: those that shard the parameters.
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -17,6 +17,7 @@ from lightning_prune.inputs import Inputs, to_device_of
 from lightning_prune.layers import classifier_name, count_nonzero, owner_names, prunable_weights
 from lightning_prune.layers import sparsity as sparsity_of
 from lightning_prune.masks import PruningMasks
+from lightning_prune.optim import per_weight_state
 from lightning_prune.profiling import FlopsMeter, profile
 
 if TYPE_CHECKING:
@@ -233,6 +234,19 @@ class Pruner:
     def undo(self) -> int:
         """Restore the last cut; return how many weights came back."""
         return self.masks.undo_last_cut()
+
+    def optimizer_state_restorer(self, trainer: "L.Trainer") -> Callable[[], None]:
+        """Copy the optimizers' per-weight state (e.g. Adam's moments) of the prunable weights now; the function
+        returned puts it back. Exact while no optimizer step runs in between, as for a trial cut undone at once (the
+        cut zeroed its weights' moments; :meth:`undo` gives back only the weights)."""
+        live = per_weight_state(trainer.optimizers, self.masks.weights.values())
+        saved = [tensor.clone() for tensor in live]
+
+        def restore() -> None:
+            for tensor, copy in zip(live, saved, strict=True):
+                tensor.copy_(copy)
+
+        return restore
 
     def finish(self, trainer: "L.Trainer") -> None:
         """Training is over."""
