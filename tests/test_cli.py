@@ -176,6 +176,8 @@ def test_the_default_recipe_and_the_plans_differ_only_in_the_saliency_and_pace(t
 
     default, plan = pruning_of("prune.yaml"), pruning_of("prune_plan.yaml")
     assert (default.importance, default.normalize_per_layer, default.controller.max_ratio) == ("magnitude", False, 0.75)
+    assert (default.controller.pace_by, default.controller.damage_tolerance) == ("damage", 0.01)
+    assert plan.controller.pace_by == "loss"
     assert (plan.importance, plan.normalize_per_layer, plan.controller.max_ratio) == ("taylor", True, 0.5)
     # the plan's schedule in both: every epoch, first ratio 0.01, to 90%
     for pruning in (default, plan):
