@@ -23,21 +23,22 @@ def slice_like(tensor: Tensor, dims: Sequence[tuple[int, Tensor]]) -> Tensor:
     return tensor.contiguous()
 
 
+def per_weight_state(
+    optimizers: Iterable[torch.optim.Optimizer], params: Iterable[Tensor]
+) -> list[tuple[Tensor, Tensor]]:
+    """(parameter, state tensor) for each of the optimizers' state tensors shaped like its parameter (e.g. Adam's two
+    moments of each)."""
+    params = list(params)
+    return [(param, value) for optimizer in optimizers for param in params
+            for value in optimizer.state.get(param, {}).values()
+            if torch.is_tensor(value) and value.shape == param.shape]  # fmt: skip
+
+
 @torch.no_grad()
 def zero_state_entries(optimizers: Iterable[torch.optim.Optimizer], entries: Mapping[Tensor, Tensor]) -> None:
     """Zero the per-weight state (e.g. Adam's moments) at the flat ``entries[param]`` of each parameter."""
-    for optimizer in optimizers:
-        for param, indices in entries.items():
-            for value in optimizer.state.get(param, {}).values():
-                if torch.is_tensor(value) and value.shape == param.shape:
-                    value.view(-1)[indices.to(value.device)] = 0
-
-
-def per_weight_state(optimizers: Iterable[torch.optim.Optimizer], params: Iterable[Tensor]) -> list[Tensor]:
-    """The optimizers' state tensors shaped like one of ``params`` (e.g. Adam's two moments of each)."""
-    params = list(params)
-    return [value for optimizer in optimizers for param in params for value in optimizer.state.get(param, {}).values()
-            if torch.is_tensor(value) and value.shape == param.shape]  # fmt: skip
+    for param, value in per_weight_state(optimizers, entries):
+        value.view(-1)[entries[param].to(value.device)] = 0
 
 
 @dataclass

@@ -239,7 +239,7 @@ class Pruner:
         """Copy the optimizers' per-weight state (e.g. Adam's moments) of the prunable weights now; the function
         returned puts it back. Exact while no optimizer step runs in between, as for a trial cut undone at once (the
         cut zeroed its weights' moments; :meth:`undo` gives back only the weights)."""
-        live = per_weight_state(trainer.optimizers, self.masks.weights.values())
+        live = [value for _, value in per_weight_state(trainer.optimizers, self.masks.weights.values())]
         saved = [tensor.clone() for tensor in live]
 
         def restore() -> None:
