@@ -161,6 +161,7 @@ class RealTimePruningCallback(Callback):
         self._signals = PacingSignals(monitor, self.window.per_step)
         self._probe = DamageProbe() if pace_by == "damage" else None
         self._done = False
+        self._saved_end_epoch: int | None = None  # the window's end in the checkpoint resumed from, until train start
         self._trained: list[torch.nn.Parameter] = []  # whose gradient norm is tracked, listed once per fit
         self._batch_idx = 0
 
@@ -213,13 +214,28 @@ class RealTimePruningCallback(Callback):
         # setup() ran before the strategy moved the model to its device: bring the per-weight buffers along
         self.pruner.follow_device()
         self._trained = [p for p in pl_module.parameters() if p.requires_grad]
-        self.window.resolve(trainer.max_epochs)
+
+    def _resolve_window(self, max_epochs: int | None) -> None:
+        """Fix ``end_epoch`` for this fit. A resumed fit follows its own ``max_epochs`` (or the ``end_epoch`` given),
+        not the one of the run it resumes, and says so when that moves the window's end; without ``max_epochs`` it
+        keeps the saved end."""
+        saved, self._saved_end_epoch = self._saved_end_epoch, None
+        if self.window.end_epoch is None and saved is not None and (max_epochs is None or max_epochs < 0):
+            self.window.end_epoch = saved
+        self.window.resolve(max_epochs)
+        if saved is not None and self.window.end_epoch != saved:
+            self._done = False  # "pruning window over" may no longer hold: decide again
+            rank_zero_warn(f"RealTimePruningCallback: resuming with the pruning window ending at "
+                           f"end_epoch={self.window.end_epoch} (was {saved}; max_epochs={max_epochs}): the pace "
+                           "follows it.")  # fmt: skip
+
+    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        # after any checkpoint was restored, whichever the strategy's order of restoring and on_fit_start
+        self._resolve_window(trainer.max_epochs)
         if self.verbose:
             weights = f"{len(self.pruner.prunable)} tensors ({self.pruner.initial_weights:,} weights)"
             rank_zero_info(f"RealTimePruningCallback ({self.mode}): pruning {weights}, epochs [{self.start_epoch}, "
                            f"{self.end_epoch})")  # fmt: skip
-
-    def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         # the data is known now: say at once when the window can never open or the target cannot be reached
         steps_per_epoch = trainer.num_training_batches / max(1, trainer.accumulate_grad_batches)
         problems = self.window.problems(trainer.max_epochs, steps_per_epoch) if not self.history else []
@@ -409,8 +425,7 @@ class RealTimePruningCallback(Callback):
         if changed:
             said = ", ".join(f"{name}={now!r} (was {saved!r})" for name, (saved, now) in changed.items())
             rank_zero_warn(f"RealTimePruningCallback: resuming with changed settings, which apply from now on: {said}.")
-        if self.window.end_epoch is None:
-            self.window.end_epoch = state["end_epoch"]
+        self._saved_end_epoch = state["end_epoch"]
         if "signals" in state:
             self._signals.load_state_dict(state["signals"])
         if "guard" in state:

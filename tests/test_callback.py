@@ -132,6 +132,25 @@ def test_a_run_resumed_with_a_higher_target_prunes_on_to_it_and_says_what_change
     assert second.sparsity == pytest.approx(0.8, abs=1e-3)
 
 
+def test_a_run_resumed_with_more_epochs_stretches_the_default_window_and_says_so(tmp_path):
+    L.seed_everything(0)
+    # at most 30% of what is left per interval: 90% needs 7 intervals, more than the first run's window holds
+    settings = {"monitor": "objective", "target_sparsity": 0.9, "initial_ratio": 0.05, "max_ratio": 0.3}
+    first = RealTimePruningCallback(**settings)  # end_epoch unset: 80% of max_epochs=5, so 4
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    trainer = quiet_trainer(max_epochs=5, callbacks=[first, checkpoint, CrashAt(2)], enable_checkpointing=True)
+    with pytest.warns(UserWarning, match="cannot be reached"), pytest.raises(RuntimeError, match="simulated crash"):
+        trainer.fit(TinyNet(), loader())
+    assert first.end_epoch == 4
+
+    second = RealTimePruningCallback(**settings)
+    with pytest.warns(UserWarning, match=r"end_epoch=8 \(was 4; max_epochs=10\)"):
+        quiet_trainer(max_epochs=10, callbacks=[second]).fit(TinyNet(), loader(), ckpt_path=tmp_path / "last.ckpt")
+    assert second.end_epoch == 8
+    assert max(h["epoch"] for h in second.history if h["pruned"] > 0) >= 4  # cuts past the old window's end
+    assert second.sparsity == pytest.approx(0.9, abs=1e-3)
+
+
 def test_non_finite_loss_pauses_with_a_warning():
     pruning = RealTimePruningCallback(monitor="watch", initial_ratio=0.1)
     module = TinyNet(scripted={0: 1.0, 1: float("nan"), 2: 1.0})
