@@ -1,29 +1,28 @@
 """The adaptive pruning-ratio controller: pure Python, no torch. Signals in, the next action and ratio out.
 
 Each pruning interval the controller sees the monitored loss, the mean gradient norm and the current sparsity, and
-decides what to do with the ``ratio`` (the fraction of the *remaining* prunable weights to remove now):
+decides what to do with the ``ratio`` (the fraction of the *remaining* prunable weights to remove now). How the ratio
+grows or shrinks is its pacing strategy's call (``pacing.py``: by the loss, by the last cut's damage, or by the
+guard's verdicts); around it the controller
 
-- the loss held (relative change ``<= loss_tolerance``): prune, and grow the ratio by ``growth``;
-- or, with ``pace_by="damage"``: the last cut was harmless (it moved the outputs on a fixed probe by at
-  most ``damage_tolerance``): grow; it did harm: slow down. The loss's drift, which mostly measures learning, is not
-  read then, and rollback stays with the loss;
-- the loss rose: slow down, shrinking the ratio by ``shrink`` (and still prune at that pace);
-- the loss rose beyond ``rollback_tolerance``: undo the last cut, shrink, and pause for ``cooldown`` intervals;
-- the loss is NaN or infinite: never prune on it, pause;
-- the gradient norm is far above its running mean: scale the ratio down in proportion;
-- with ``target_sparsity``: a floor keeps the run on time to reach it by the last interval, and no cut overshoots it;
-- the ratio stays in ``[min_ratio, max_ratio]``.
+- undoes the last cut when the loss rose beyond ``rollback_tolerance`` (loss and damage pacing), slows down and
+  pauses for ``cooldown`` intervals;
+- never prunes on a NaN or infinite loss (it pauses);
+- scales the ratio down in proportion when the gradient norm is far above its running mean;
+- with ``target_sparsity``: keeps the run on time to reach it by the last interval (a floor), never overshooting it;
+- keeps the ratio in ``[min_ratio, max_ratio]``.
 """
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
 from typing import Any, TypedDict
 
-from lightning_prune.validation import check_bool, check_choice, check_int, check_number
+from lightning_prune.pacing import PACE_BY, Evidence, Pacing, pacing
+from lightning_prune.validation import check_bool, check_int, check_number
 
-# What paces the ratio: the loss's change over the interval, or the damage of the last cut on a fixed probe.
-PACE_BY = ("loss", "damage")
+__all__ = ["PACE_BY", "Action", "Decision", "IntervalRecord", "RatioController", "changed_settings",
+           "cuts_to_target", "restore_state", "unreachable_target"]  # fmt: skip
 # A loss near zero must not turn noise into huge relative changes.
 MIN_LOSS_SCALE = 1e-3
 # Sparsity within this of the target counts as reached (cuts are whole weights).
@@ -46,7 +45,8 @@ class IntervalRecord(TypedDict):
     epoch: int  # 0-based, like trainer.current_epoch
     step: int  # trainer.global_step at the decision
     loss: float  # the pacing loss over the interval
-    grad_norm: float | None  # mean total gradient norm over the steps near the decision
+    grad_norm: float | None  # mean total gradient norm over the interval's steps
+    grad_norm_max: float | None  # the largest total gradient norm of one of them
     ratio: float  # the share of the remaining prunable weights cut (0 when nothing was)
     pruned: int  # prunable weights cut (negative: restored by a rollback)
     sparsity: float  # after the action
@@ -120,9 +120,10 @@ class RatioController:
         target_sparsity: Sparsity to reach by the last interval; None adapts under the loss guard only.
         grad_damping: The ratio is damped when the gradient norm exceeds this multiple of its running mean.
         grad_beta: Smoothing of the gradient norm's running mean (per interval).
-        pace_by: ``"loss"``: grow while the loss holds; ``"damage"``: grow while the last cut's damage is small.
+        pace_by: ``"loss"``: grow while the loss holds; ``"damage"``: grow while the last cut's damage is small;
+            ``"guard"``: a line search on the guard's verdicts (``pacing.py``), starting at ``max_ratio``.
         damage_tolerance: Paced by damage: the largest damage of a cut (relative squared change of the outputs on
-            the probe, :class:`~lightning_prune.signals.DamageProbe`) counted as harmless.
+            the probe, :class:`~lightning_prune.probe.DamageProbe`) counted as harmless.
 
     Example:
         >>> controller = RatioController(initial_ratio=0.1, growth=2.0, shrink=0.5, loss_tolerance=0.02)
@@ -157,10 +158,13 @@ class RatioController:
     loss_before_last_cut: float | None = field(default=None, init=False)
     sparsity_before_last_cut: float = field(default=0.0, init=False)
     floor: float = field(default=0.0, init=False)  # the smallest cut that keeps the target on time, this interval
+    pacing: Pacing = field(init=False, repr=False, compare=False)  # the strategy `pace_by` names
 
     def __post_init__(self) -> None:
         self.validate()
-        self.ratio = min(max(self.initial_ratio, self.min_ratio), self.max_ratio)
+        self.pacing = pacing(self.pace_by)
+        first = self.pacing.first_ratio(self.initial_ratio, self.max_ratio)
+        self.ratio = min(max(first, self.min_ratio), self.max_ratio)
 
     def validate(self) -> None:
         if self.target_sparsity is not None:
@@ -178,7 +182,6 @@ class RatioController:
         check_int("cooldown", self.cooldown, 0)
         check_number("grad_damping", self.grad_damping, 1)
         check_number("grad_beta", self.grad_beta, 0, 1, high_open=True)
-        check_choice("pace_by", self.pace_by, PACE_BY)
         check_number("damage_tolerance", self.damage_tolerance, 0)
 
     # -- the decision -------------------------------------------------------------------------------------------
@@ -191,6 +194,7 @@ class RatioController:
         intervals_left: int,
         resolution: float = 0.0,
         damage: float | None = None,
+        kept: bool | None = None,
     ) -> Decision:
         """Decide this interval's action.
 
@@ -202,6 +206,7 @@ class RatioController:
             resolution: The smallest possible step of ``sparsity`` (one weight, or one channel): the target counts as
                 reached within it.
             damage: With ``pace_by="damage"``, the damage of the last cut (None: no cut since the last decision).
+            kept: With ``pace_by="guard"``, whether the guard kept the last cut (None: it judged none).
         """
         target = self.target_sparsity
         if target is not None and sparsity >= target - max(TARGET_EPS, resolution):
@@ -222,29 +227,29 @@ class RatioController:
 
         previous = self.reference_loss
         change = None if previous is None else (loss - previous) / max(abs(previous), MIN_LOSS_SCALE)
-        if change is not None and change > self.rollback_tolerance and self._may_roll_back(sparsity, intervals_left):
+        rolls_back = self.pacing.rolls_back_on_loss and change is not None and change > self.rollback_tolerance
+        if rolls_back and self._may_roll_back(sparsity, intervals_left):
             return self.reject_last_cut(f"loss rose {change:+.1%}: undoing the last cut")
 
-        if self.pace_by == "damage":
-            action, reason = self._pace_by_damage(damage, first=previous is None)
-        elif change is None:
-            action, reason = Action.PRUNE, "first cut"
-        elif change > self.loss_tolerance:
-            self.ratio *= self.shrink
-            action, reason = Action.SLOW_DOWN, f"loss rose {change:+.1%}: slowing down"
-        else:
-            self.ratio *= self.growth
-            action, reason = Action.PRUNE, f"loss held ({change:+.1%}): speeding up"
+        tolerance = self.damage_tolerance if self.pace_by == "damage" else self.loss_tolerance
+        absorbed, reason = self.pacing.move(Evidence(change, damage, kept), tolerance)
+        action = Action.SLOW_DOWN if absorbed is False else Action.PRUNE
+        if absorbed is not None:
+            self.ratio *= self.growth if absorbed else self.shrink
         if damping < 1:
             self.ratio *= damping
             reason += f"; gradient norm {1 / damping:.1f}x its mean: damped"
+        cut = self._next_cut(sparsity, intervals_left)
+        self.loss_before_last_cut = loss
+        self.reference_loss = loss
+        return Decision(action, cut, reason)
+
+    def _next_cut(self, sparsity: float, intervals_left: int) -> float:
         self.ratio = min(max(self.ratio, self.min_ratio), self.max_ratio)
         cut = self._cut_ratio(sparsity, intervals_left)
-        self.loss_before_last_cut = loss
         self.sparsity_before_last_cut = sparsity
-        self.reference_loss = loss
         self.last_cut_undoable = cut > 0
-        return Decision(action, cut, reason)
+        return cut
 
     def smaller_cut(self, ratio: float, damage: float) -> float | None:
         """With ``pace_by="damage"``, after a cut of ``ratio`` that did ``damage``: a smaller ratio to cut instead
@@ -262,16 +267,6 @@ class RatioController:
             return None
         self.ratio = smaller  # the pace goes on from what was kept
         return smaller
-
-    def _pace_by_damage(self, damage: float | None, first: bool) -> tuple[Action, str]:
-        """Grow the ratio after a harmless cut, shrink it after a harmful one; keep it with no cut to judge."""
-        if damage is None or not math.isfinite(damage):
-            return Action.PRUNE, "first cut" if first else "no cut to judge since the last decision: pace kept"
-        if damage > self.damage_tolerance:
-            self.ratio *= self.shrink
-            return Action.SLOW_DOWN, f"last cut's damage {damage:.3g} > {self.damage_tolerance}: slowing down"
-        self.ratio *= self.growth
-        return Action.PRUNE, f"last cut's damage {damage:.3g}: speeding up"
 
     def reject_last_cut(self, reason: str) -> Decision:
         """Undo the last cut (the loss rose too far, or the guard refused it): slow down and pause for ``cooldown``."""
@@ -325,7 +320,7 @@ class RatioController:
     # -- persistence ----------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "pacing"}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the controller's state. Its settings stay the ones it was built with: a resumed run may change

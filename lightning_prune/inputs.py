@@ -5,6 +5,7 @@ callback keeps a few samples of the first batch as its example input (to trace c
 export); the comparison runner profiles on a test batch.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -73,3 +74,33 @@ def to_device_of(module: nn.Module, inputs: Inputs) -> Inputs:
 
 def call(model: nn.Module, inputs: Inputs) -> Any:
     return model(*as_tuple(inputs))
+
+
+def within(target: str, name: str) -> bool:
+    """Whether module ``name`` is ``target`` or inside it ("" is the whole model)."""
+    return not target or name == target or name.startswith(f"{target}.")
+
+
+def forward_targets(model: nn.Module, roots: Sequence[str]) -> list[str]:
+    """Where the forward may be called, most likely first: the model; the modules holding every root, outermost
+    first (a LightningModule's ``self.net``); each child holding some (most roots first)."""
+    common = _common_ancestor(roots).split(".") if _common_ancestor(roots) else []
+    targets = [""] + [".".join(common[: depth + 1]) for depth in range(len(common))]
+    children = [name for name, _ in model.named_children() if any(within(name, r) for r in roots)]
+    children.sort(key=lambda child: -sum(within(child, r) for r in roots))
+    return targets + [c for c in children if c not in targets] if len(children) > 1 else targets
+
+
+def _common_ancestor(roots: Sequence[str]) -> str:
+    paths = [r.split(".") for r in roots]
+    if not paths:
+        return ""
+    common = []
+    for parts in zip(*paths, strict=False):
+        if len(set(parts)) != 1:
+            break
+        common.append(parts[0])
+    # a root itself is a layer: its parent holds it
+    if any(len(p) == len(common) for p in paths):
+        common = common[:-1]
+    return ".".join(common)

@@ -22,6 +22,8 @@ def decision_metrics(entry: IntervalRecord, skipped_steps: int, readouts: Mappin
                "pruning/skipped_steps": float(skipped_steps), **readouts}  # fmt: skip
     if entry["grad_norm"] is not None:
         metrics["grad_norm/total"] = entry["grad_norm"]
+    if entry.get("grad_norm_max") is not None:
+        metrics["grad_norm/max"] = entry["grad_norm_max"]
     return metrics
 
 

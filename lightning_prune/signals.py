@@ -1,7 +1,9 @@
 """The signals that pace pruning, summed over a pruning interval: the monitored loss and the gradient norm.
 
-Sums and counts stay on the device (no host sync per step) and are part of the callback's state, so a run resumed in
-the middle of an interval decides on the same inputs as one that never stopped.
+The total gradient norm is measured at every optimizer step (one fused pass over the gradients), so a short spike is
+seen wherever it falls in the interval. Sums, counts and the maximum stay on the device (no host sync per step) and
+are part of the callback's state, so a run resumed in the middle of an interval decides on the same inputs as one
+that never stopped.
 """
 
 from collections.abc import Mapping
@@ -10,7 +12,58 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_prune.inputs import call, to_device_of
+
+class GradNormStats:
+    """Per-step total gradient norms over an interval, on the device: the finite ones' sum, count and maximum, and
+    how many were not finite (steps that GradScaler skips).
+
+    Example:
+        >>> stats = GradNormStats()
+        >>> for norm in (1.0, float("nan"), 3.0):
+        ...     stats.add(torch.tensor(norm))
+        >>> mean, peak = stats.take()
+        >>> float(mean), float(peak), stats.skipped
+        (2.0, 3.0, 1)
+    """
+
+    def __init__(self) -> None:
+        self.sums: Tensor | None = None  # [sum of the finite norms, their count, the non-finite count]
+        self.peak: Tensor | None = None
+        self.skipped_before = 0  # non-finite steps of the intervals already taken
+
+    def add(self, norm: Tensor) -> None:
+        finite = torch.isfinite(norm)
+        value = torch.where(finite, norm.detach().float(), 0.0)
+        step = torch.stack([value, finite.float(), (~finite).float()])
+        if self.sums is None:
+            self.sums, self.peak = step, value
+            return
+        # after a resume the saved sums are on the CPU: follow the step's device
+        self.sums = self.sums.to(step.device) + step
+        self.peak = torch.maximum(self.peak.to(step.device), value)
+
+    @property
+    def skipped(self) -> int:
+        """Steps with non-finite gradients so far (a host sync: read it at decisions, not per step)."""
+        return self.skipped_before + (0 if self.sums is None else int(self.sums[2]))
+
+    def take(self) -> tuple[Tensor | None, Tensor | None]:
+        """The interval's mean and maximum (None when no finite norm was seen), and a fresh start."""
+        sums, peak = self.sums, self.peak
+        self.sums = self.peak = None
+        if sums is None:
+            return None, None
+        self.skipped_before += int(sums[2])
+        if float(sums[1]) == 0:
+            return None, None
+        return sums[0] / sums[1], peak
+
+    def state_dict(self) -> dict[str, Any]:
+        on_cpu = (None, None) if self.sums is None else (self.sums.cpu(), self.peak.cpu())
+        return {"sums": on_cpu[0], "peak": on_cpu[1], "skipped": self.skipped_before}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.sums, self.peak, self.skipped_before = state["sums"], state["peak"], state["skipped"]
 
 
 class RunningMean:
@@ -85,7 +138,9 @@ class PacingSignals:
     The pacing loss is, by default (``monitor=None``), the mean over the interval of the loss ``training_step``
     returns, so any module works without logging anything. With ``monitor="name"`` it is that logged metric: the mean
     of its per-step values over the interval when it is logged per step (``on_step=True``, Lightning's default in
-    ``training_step``), or its epoch value when it is logged per epoch only (epoch intervals only).
+    ``training_step``), or its epoch value when it is logged per epoch only (decisions at an epoch's end only). A
+    module that returns nothing (manual optimisation) and logs exactly one metric named ``loss`` or ``*_loss`` is
+    paced by that metric, said once.
 
     Steps with non-finite gradients (what AMP's GradScaler skips) are counted in ``skipped_steps`` and enter neither
     the gradient norm nor, through the callback, the saliency.
@@ -99,194 +154,150 @@ class PacingSignals:
         self.monitor = monitor
         self.per_step = per_step
         self.loss = RunningMean()
-        self.grad_norm = RunningMean()
-        self.skipped_steps = 0
+        self.grad_norms = GradNormStats()
+        self.found_monitor: str | None = None  # the logged loss a module returning nothing is paced by
         # the metric's value object seen last: Lightning replaces it at every step only when it is logged per step
         self._seen: Any = None
 
-    def on_epoch_start(self, metrics: Mapping[str, Any]) -> None:
-        self._seen = metrics.get(self.monitor) if self.monitor is not None else None
+    @property
+    def skipped_steps(self) -> int:
+        return self.grad_norms.skipped
 
-    def after_batch(self, outputs: Any, metrics: Mapping[str, Any]) -> None:
-        """Fold in this batch's loss: the one ``training_step`` returned, or ``monitor``'s fresh per-step value.
+    @property
+    def metric(self) -> str | None:
+        """The logged metric read for the pacing loss (None: the loss ``training_step`` returns)."""
+        return self.monitor or self.found_monitor
+
+    def check_loss_source(self, module: Any, optimizers: int) -> None:
+        """Before the first step: a module that steps several optimizers itself (manual optimisation, a GAN) has one
+        loss per optimizer, and which one paces pruning is the user's to say.
 
         Raises:
-            RuntimeError: ``monitor`` is None and ``training_step`` returned no loss.
+            ValueError: Manual optimisation with several optimizers and no ``monitor``.
         """
-        if self.monitor is None:
+        if self.monitor is None and not module.automatic_optimization and optimizers > 1:
+            raise ValueError(
+                f"RealTimePruningCallback paces pruning by one loss, and `{type(module).__name__}` steps {optimizers} "
+                "optimizers itself (manual optimisation), each on its own loss: pass `monitor=` the name of the "
+                "logged loss to pace by (e.g. the generator's)."
+            )
+
+    def on_epoch_start(self, metrics: Mapping[str, Any]) -> None:
+        self._seen = metrics.get(self.metric) if self.metric is not None else None
+
+    def after_batch(self, outputs: Any, metrics: Mapping[str, Any]) -> str | None:
+        """Fold in this batch's loss: the one ``training_step`` returned, or ``monitor``'s fresh per-step value.
+        Returns a line to say once when a module that returns nothing is paced by the one loss it logs.
+
+        Raises:
+            RuntimeError: ``monitor`` is None, ``training_step`` returned no loss, and the module does not log
+                exactly one metric named ``loss`` or ending in ``loss``.
+        """
+        said = None
+        if self.metric is None:
             loss = loss_of(outputs)
-            if loss is None:
-                returned = "nothing" if outputs is None or outputs == {} else type(outputs).__name__
-                raise RuntimeError(
-                    "RealTimePruningCallback paces pruning by the loss `training_step` returns, but it returned "
-                    f"{returned}. Return the loss (a tensor, or a dict with 'loss'), or log a metric "
-                    "with `self.log(...)` and pass its name as `monitor=`."
-                )
-            self.loss.add(loss)
-            return
-        value = metrics.get(self.monitor)
+            if loss is not None:
+                self.loss.add(loss)
+                return None
+            self.found_monitor = self._logged_loss(outputs, metrics)
+            said = (f"RealTimePruningCallback: `training_step` returns no loss; pruning is paced by the one loss it "
+                    f"logs, `{self.found_monitor}` (pass `monitor=` to choose another).")  # fmt: skip
+        value = metrics.get(self.metric)
         if value is not None and value is not self._seen:
             self.loss.add(torch.as_tensor(value))
         self._seen = value
+        return said
 
-    def after_gradients(self, parameters: list[Tensor]) -> bool:
-        """Fold the step's total gradient norm in; False (and the step counted as skipped) when it is not finite."""
+    @staticmethod
+    def _logged_loss(outputs: Any, metrics: Mapping[str, Any]) -> str:
+        returned = "nothing" if outputs is None or outputs == {} else type(outputs).__name__
+        losses = sorted({_without_fork(name) for name in metrics if _without_fork(name).endswith("loss")})
+        if len(losses) == 1:
+            return losses[0]
+        found = f"it logs several losses ({', '.join(f'`{n}`' for n in losses)})" if losses else "it logs no loss"
+        raise RuntimeError(
+            f"RealTimePruningCallback paces pruning by the loss `training_step` returns, but it returned {returned} "
+            f"and {found}. Return the loss (a tensor, or a dict with 'loss'), or pass `monitor=` the name of the "
+            "logged metric to pace by."
+        )
+
+    def after_gradients(self, parameters: list[Tensor], verdict: bool = True) -> bool:
+        """Fold the step's total gradient norm in (on the device). With ``verdict``, also say whether it was finite
+        (a host sync: asked only on the steps that update the saliency); without it, True."""
         norm = total_grad_norm(parameters)
         if norm is None:
             return True
-        if not bool(torch.isfinite(norm)):
-            self.skipped_steps += 1
-            return False
-        self.grad_norm.add(norm)
-        return True
+        self.grad_norms.add(norm)
+        return bool(torch.isfinite(norm)) if verdict else True
 
-    def take_loss(self, metrics: Mapping[str, Any]) -> Tensor:
+    def take_loss(self, metrics: Mapping[str, Any], at_epoch_end: bool = True) -> Tensor:
         """The interval's pacing loss, and a fresh start for the next interval.
 
         Raises:
             RuntimeError: No value of ``monitor`` was seen; the message lists what was logged and what to change.
         """
         value = self.loss.take()
-        if value is None and self.monitor is not None and not self.per_step:
-            value = metrics.get(self.monitor)
+        if value is None and self.metric is not None and at_epoch_end and not self.per_step:
+            value = metrics.get(self.metric)
         if value is None:
             raise RuntimeError(self._missing(metrics))
         return torch.as_tensor(value, dtype=torch.float32)
 
     def _missing(self, metrics: Mapping[str, Any]) -> str:
-        if self.monitor is None:
+        if self.metric is None:
             return (
                 "RealTimePruningCallback saw no training step in this pruning interval, so it has no loss to pace by."
             )
         if self.per_step:
             return (
-                f"RealTimePruningCallback decides every few steps, but `{self.monitor}` had no per-step value in this "
+                f"RealTimePruningCallback decides every few steps, but `{self.metric}` had no per-step value in this "
                 f"pruning interval (logged per epoch only, or not at all; logged now: {sorted(metrics)}). Log it per "
-                f"step (`self.log({self.monitor!r}, loss, on_step=True)`), or leave `monitor=None` to pace by the loss "
+                f"step (`self.log({self.metric!r}, loss, on_step=True)`), or leave `monitor=None` to pace by the loss "
                 "`training_step` returns."
             )
         return (
-            f"RealTimePruningCallback could not read the monitored metric `{self.monitor}` at the end of the pruning "
+            f"RealTimePruningCallback could not read the monitored metric `{self.metric}` at the end of the pruning "
             f"interval. Available metrics: {sorted(metrics)}. Log it in your LightningModule with "
-            f"`self.log({self.monitor!r}, loss)`, pass `monitor=` one of the available names, or leave `monitor=None` "
+            f"`self.log({self.metric!r}, loss)`, pass `monitor=` one of the available names, or leave `monitor=None` "
             "to pace by the loss `training_step` returns."
         )
 
+    def take(self, strategy: Any, metrics: Mapping[str, Any], at_epoch_end: bool) -> dict[str, float | None]:
+        """The interval's ``loss``, ``grad_norm`` (mean) and ``grad_norm_max``, averaged over the ranks (each saw its
+        own shard; the gradient norms agree after the all-reduce, up to float noise), and a fresh start."""
+        taken = {"loss": reduce_mean(strategy, self.take_loss(metrics, at_epoch_end))}
+        for name, value in zip(("grad_norm", "grad_norm_max"), self.take_grad_norms(), strict=True):
+            taken[name] = None if value is None else reduce_mean(strategy, value)
+        return taken
+
+    def take_grad_norms(self) -> tuple[Tensor | None, Tensor | None]:
+        """The interval's mean and largest total gradient norm."""
+        return self.grad_norms.take()
+
     def take_grad_norm(self) -> Tensor | None:
-        return self.grad_norm.take()
+        return self.take_grad_norms()[0]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"loss": self.loss.state_dict(), "grad_norm": self.grad_norm.state_dict(), "skipped": self.skipped_steps}
+        return {"loss": self.loss.state_dict(), "grad_norms": self.grad_norms.state_dict(),
+                "found_monitor": self.found_monitor}  # fmt: skip
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.loss.load_state_dict(state["loss"])
-        self.grad_norm.load_state_dict(state["grad_norm"])
-        self.skipped_steps = state["skipped"]
+        self.found_monitor = state.get("found_monitor")
+        if "grad_norms" in state:
+            self.grad_norms.load_state_dict(state["grad_norms"])
+            return
+        # a checkpoint of the sampled gradient norm (a sum and a count), before every step was measured
+        saved, count = state["grad_norm"]["total"], state["grad_norm"]["count"]
+        self.grad_norms.skipped_before = state["skipped"]
+        if saved is not None and count:
+            self.grad_norms.sums = torch.stack([saved.float(), torch.tensor(float(count)), torch.tensor(0.0)])
+            self.grad_norms.peak = saved.float() / count
 
 
-# Samples of the first training batch kept as the damage probe: enough for a stable distortion, few enough to cost
-# two small forward passes per decision.
-PROBE_SIZE = 256
-
-
-def output_tensor(output: Any) -> Tensor | None:
-    """The tensor a model's output stands for: itself, the first tensor of a tuple or list, or of a dict (its
-    ``"logits"`` first, as Hugging Face models return them); None when there is none."""
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, Mapping):
-        output = [output["logits"]] if isinstance(output.get("logits"), Tensor) else list(output.values())
-    if isinstance(output, (list, tuple)):
-        return next((item for item in output if isinstance(item, Tensor)), None)
-    return None
-
-
-class DamageProbe:
-    """The damage of a cut: how far it moved the model's outputs on a fixed probe, just before against just after.
-
-    ``damage = ||after - before||^2 / ||before||^2`` over the probe (the inputs of the first training batch). Both
-    passes run in eval mode without gradients, so the same inputs through the same network differ by the cut alone:
-    unlike the training loss, which falls as the network learns whatever the cut did, this measures the cut.
-
-    Example:
-        >>> probe = DamageProbe()
-        >>> probe.capture([torch.ones(4, 3)])
-        >>> model = torch.nn.Linear(3, 2, bias=False)
-        >>> _ = torch.nn.init.ones_(model.weight)
-        >>> probe.before_cut(model)
-        >>> with torch.no_grad():
-        ...     model.weight[0] = 0.0  # cut half of the weights: one of two equal outputs goes
-        >>> probe.after_cut(model)
-        0.5
-    """
-
-    def __init__(self) -> None:
-        self.inputs: list[Any] = []  # the forms the model may be called with; the one that ran, once known
-        self.targets: list[str] = [""]  # the submodules they may run through (a module without forward: a child)
-        self.last: float | None = None  # the damage of the last cut, until a decision takes it
-        self._before: Tensor | None = None
-
-    def capture(self, candidates: list[Any], targets: list[str] | tuple[str, ...] = ("",)) -> None:
-        """Keep the probe once: ``candidates`` (``inputs.candidate_inputs``), to be run through the first of
-        ``targets`` (submodule names, ``structured.forward_targets``) that takes one of them."""
-        if not self.inputs and candidates:
-            self.inputs, self.targets = list(candidates), list(targets)
-
-    @torch.no_grad()
-    def outputs(self, model: torch.nn.Module) -> Tensor:
-        """The outputs on the probe, in eval mode; the first target and input form that run are kept.
-
-        Raises:
-            RuntimeError: No probe yet, or the model runs on none of its forms; the message says what to change.
-        """
-        if not self.inputs:
-            raise RuntimeError("RealTimePruningCallback(pace_by='damage') has no probe: no training batch was seen.")
-        training = model.training
-        model.eval()
-        failures = []
-        try:
-            for target in self.targets:
-                for candidate in self.inputs:
-                    try:
-                        output = output_tensor(call(model.get_submodule(target), to_device_of(model, candidate)))
-                    except Exception as error:  # a form the model is not called with: try the next
-                        failures.append(f"{type(error).__name__}: {error}")
-                        continue
-                    if output is not None:
-                        self.inputs, self.targets = [candidate], [target]
-                        return output.detach().float()
-                    failures.append("the output holds no tensor")
-        finally:
-            model.train(training)
-        raise RuntimeError(
-            "RealTimePruningCallback(pace_by='damage') measures a cut by the model's outputs on the first training "
-            f"batch, but `{type(model).__name__}` could not be called on it ({'; '.join(failures)}). Give the module a "
-            "`forward` that takes the batch's inputs, or use pace_by='loss'."
-        )
-
-    def before_cut(self, model: torch.nn.Module) -> None:
-        """The outputs every cut until the next call is compared with (a cut tried, undone and tried smaller too)."""
-        self._before = self.outputs(model)
-
-    def after_cut(self, model: torch.nn.Module) -> float:
-        """The damage of the cut made since :meth:`before_cut`; kept in ``last`` until :meth:`take`."""
-        after, before = self.outputs(model), self._before
-        scale = before.pow(2).sum().clamp_min(torch.finfo(before.dtype).tiny)
-        self.last = float((after - before).pow(2).sum() / scale)
-        return self.last
-
-    def take(self) -> float | None:
-        """The last cut's damage, once: a decision with no cut since the previous one gets None."""
-        damage, self.last = self.last, None
-        return damage
-
-    def state_dict(self) -> dict[str, Any]:
-        inputs = [_to_cpu(candidate) for candidate in self.inputs]
-        return {"inputs": inputs, "targets": self.targets, "last": self.last}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.inputs, self.targets, self.last = list(state["inputs"]), list(state["targets"]), state["last"]
-
-
-def _to_cpu(inputs: Any) -> Any:
-    return tuple(t.cpu() for t in inputs) if isinstance(inputs, tuple) else inputs.cpu()
+def _without_fork(name: str) -> str:
+    """A logged metric's name without the ``_step`` / ``_epoch`` suffix Lightning adds to one logged both ways."""
+    for suffix in ("_step", "_epoch"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name

@@ -6,6 +6,7 @@ infinity; the error says which argument, what it got, and what it takes.
 
 import math
 from collections.abc import Sequence
+from enum import Enum
 from typing import Any
 
 
@@ -78,6 +79,30 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     if value not in choices:
         raise ValueError(message)
     return value
+
+
+class Choice(str, Enum):
+    """A setting's word as a type: equal to its string, printed as it, parsed with the setting's name in the error.
+
+    Example:
+        >>> class Unit(Choice):
+        ...     EPOCH = "epoch"
+        ...     STEP = "step"
+        >>> Unit.parse("interval_unit", "step"), f"{Unit.EPOCH}", Unit.STEP == "step"
+        (<Unit.STEP: 'step'>, 'epoch', True)
+        >>> Unit.parse("interval_unit", "hour")
+        Traceback (most recent call last):
+        ...
+        ValueError: `interval_unit` must be one of ('epoch', 'step'), got 'hour' (str)
+    """
+
+    def __str__(self) -> str:
+        return self.value
+
+    @classmethod
+    def parse(cls, name: str, value: Any) -> "Choice":
+        check_choice(name, value.value if isinstance(value, cls) else value, tuple(member.value for member in cls))
+        return cls(value)
 
 
 def check_name(name: str, value: Any, what: str) -> str | None:

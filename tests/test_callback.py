@@ -256,10 +256,14 @@ def test_bad_settings_fail_at_construction_naming_the_argument(kwargs, name):
         RealTimePruningCallback(**kwargs)
 
 
-def test_without_max_epochs_the_window_must_be_given():
-    trainer = quiet_trainer(max_epochs=-1, max_steps=20, callbacks=[RealTimePruningCallback(monitor="objective")])
-    with pytest.raises(ValueError, match="end_epoch"):
-        trainer.fit(TinyNet(), loader())
+def test_without_max_epochs_the_window_follows_max_steps_or_must_be_given():
+    # 16 batches an epoch: 20 steps take 2 epochs, of which the default window is the first 80%
+    pruning = RealTimePruningCallback(monitor="objective", target_sparsity=0.5)
+    quiet_trainer(max_epochs=-1, max_steps=20, callbacks=[pruning]).fit(TinyNet(), loader())
+    assert pruning.end_epoch == 1 and pruning.sparsity == pytest.approx(0.5, abs=1e-3)
+    endless = quiet_trainer(max_epochs=-1, max_steps=-1, callbacks=[RealTimePruningCallback(monitor="objective")])
+    with pytest.raises(ValueError, match="needs `end_epoch` when the Trainer has no `max_epochs`"):
+        endless.fit(TinyNet(), loader())
 
 
 def test_no_warnings_from_a_plain_run():

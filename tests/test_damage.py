@@ -10,7 +10,7 @@ from torch import nn
 
 from lightning_prune import RealTimePruningCallback
 from lightning_prune.controller import Action, RatioController
-from lightning_prune.signals import DamageProbe
+from lightning_prune.probe import DamageProbe
 
 from helpers import CrashAt, TinyNet, loader, quiet_trainer
 
@@ -40,7 +40,7 @@ def test_a_harmful_cut_is_made_smaller_but_never_below_the_targets_floor():
 
 
 def test_pace_by_names_itself_when_wrong():
-    with pytest.raises(ValueError, match=re.escape("`pace_by` must be one of ('loss', 'damage'), got 'dmg'")):
+    with pytest.raises(ValueError, match=re.escape("`pace_by` must be one of ('loss', 'damage', 'guard'), got 'dmg'")):
         RealTimePruningCallback(pace_by="dmg")
     with pytest.raises(ValueError, match=re.escape("`damage_tolerance` must be a number in [0, inf], got -0.1")):
         RealTimePruningCallback(pace_by="damage", damage_tolerance=-0.1)
@@ -127,7 +127,7 @@ def test_a_run_resumed_mid_way_measures_on_the_same_probe_and_makes_the_same_cut
     resumed = RealTimePruningCallback(**settings)
     trainer = quiet_trainer(max_epochs=6, callbacks=[resumed], default_root_dir=tmp_path)
     trainer.fit(TinyNet(), loader(), ckpt_path=str(tmp_path / "last.ckpt"))
-    assert torch.equal(resumed._probe.inputs[0], first._probe.inputs[0])
+    assert torch.equal(resumed.decisions.probe.inputs[0], first.decisions.probe.inputs[0])
     assert [h["ratio"] for h in resumed.history] == pytest.approx([h["ratio"] for h in uninterrupted.history])
     assert [h["reason"] for h in resumed.history] == [h["reason"] for h in uninterrupted.history]
 

@@ -25,8 +25,9 @@ class DensityNet(TinyNet):
 
 
 def guarded(**settings) -> RealTimePruningCallback:
-    # the loss never objects (tolerance far above any change), so every rollback here is the guard's
-    pacing = {"initial_ratio": 0.1, "loss_tolerance": 100.0, "rollback": False, "cooldown": 0}
+    # paced by a loss that never objects (tolerance far above any change), so every rollback here is the guard's and
+    # the cuts grow by a known rule: the guard's mechanics, apart from the search that paces by its verdicts
+    pacing = {"pace_by": "loss", "initial_ratio": 0.1, "loss_tolerance": 100.0, "rollback": False, "cooldown": 0}
     return RealTimePruningCallback(**{**pacing, **settings})
 
 

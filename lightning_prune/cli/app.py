@@ -5,6 +5,9 @@ W&B falls back to offline by itself (``wandb_mode.py``), the pruning callback ha
 run's location is printed at the end.
 """
 
+import contextlib
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -13,7 +16,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_prune.callback import RealTimePruningCallback
+from lightning_prune.callback import RealTimePruningCallback, checkpoint_state
 from lightning_prune.cli.progress import use_plain_progress_when_piped
 from lightning_prune.cli.wandb_mode import choose_wandb_mode, tag_wandb_run, wandb_offline
 
@@ -108,6 +111,17 @@ class LightningPruneCLI(LightningCLI):
         rank_zero_info(f"W&B offline run: {run_dir}. Upload it later with: wandb sync {run_dir}")
 
 
+@contextlib.contextmanager
+def arguments_alone() -> Iterator[None]:
+    """While LightningCLI is built from an explicit argument list: ``sys.argv`` holds the caller's own options (the
+    test runner's, or ``compare``'s), and LightningCLI warns, with the whole list, when it is given both."""
+    argv, sys.argv = sys.argv, sys.argv[:1]
+    try:
+        yield
+    finally:
+        sys.argv = argv
+
+
 def best_checkpoint_sparsity_note(trainer: Trainer) -> str | None:
     """A line for the end of fit when the best checkpoint holds a less pruned model than the run ended with.
 
@@ -119,7 +133,8 @@ def best_checkpoint_sparsity_note(trainer: Trainer) -> str | None:
     if checkpoint is None or not checkpoint.best_model_path or len(pruning) != 1:
         return None
     saved = torch.load(checkpoint.best_model_path, map_location="cpu", weights_only=False)
-    history = saved.get("callbacks", {}).get(pruning[0].state_key, {}).get("history", [])
+    state = saved.get("callbacks", {}).get(pruning[0].state_key)
+    history = checkpoint_state(state)["decision"].get("history", []) if state else []
     best, final = (history[-1]["sparsity"] if history else 0.0), pruning[0].sparsity
     if best >= final - 1e-6:
         return None

@@ -11,23 +11,40 @@ The callback never asks which mode it runs in. It tells a pruner when a step hap
 
 from typing import Any
 
-from lightning_prune.pruners.base import SHRINK_WHEN, Pruner, refuse_sharded_parameters
-from lightning_prune.pruners.structured import BUDGETS, StructuredPruner
+from lightning_prune.pruners.base import (
+    SHRINK_WHEN,
+    Budget,
+    Mode,
+    Pruner,
+    ShrinkWhen,
+    refuse_sharded_parameters,
+)
 from lightning_prune.pruners.unstructured import UnstructuredPruner
-from lightning_prune.validation import check_choice
 
-__all__ = ["BUDGETS", "PRUNER_MODES", "SHRINK_WHEN", "Pruner", "StructuredPruner", "UnstructuredPruner", "make_pruner",
-           "refuse_sharded_parameters"]  # fmt: skip
+__all__ = ["BUDGETS", "PRUNER_MODES", "SHRINK_WHEN", "Budget", "Mode", "Pruner", "ShrinkWhen", "UnstructuredPruner",
+           "make_pruner", "refuse_sharded_parameters"]  # fmt: skip
+
+PRUNER_MODES = tuple(member.value for member in Mode)
+BUDGETS = tuple(member.value for member in Budget)
 
 
-def make_pruner(mode: str, shrink_when: str, budget: str = "weights", **settings: Any) -> Pruner:
-    check_choice("budget", budget, BUDGETS)
-    if mode == "structured":
+def make_pruner(
+    mode: str | Mode = Mode.UNSTRUCTURED, shrink_when: str | ShrinkWhen = ShrinkWhen.DURING,
+    budget: str | Budget = Budget.WEIGHTS, **settings: Any,
+) -> Pruner:  # fmt: skip
+    """The pruner of ``mode``; ``settings`` are :class:`Pruner`'s. Every setting is checked here, at construction.
+
+    Raises:
+        ValueError: A setting outside its range, or a FLOPs budget in unstructured mode.
+    """
+    mode, shrink_when = Mode.parse("mode", mode), ShrinkWhen.parse("shrink_when", shrink_when)
+    budget = Budget.parse("budget", budget)
+    if mode == Mode.STRUCTURED:
+        # torch-pruning and the channel groups: imported only for structured mode
+        from lightning_prune.pruners.structured import StructuredPruner
+
         return StructuredPruner(shrink_when=shrink_when, budget=budget, **settings)
-    if budget != "weights":
-        raise ValueError(f"`budget`={budget!r} needs mode='structured' (whole channels, whose MACs really go); "
+    if budget != Budget.WEIGHTS:
+        raise ValueError(f"`budget`={budget.value!r} needs mode='structured' (whole channels, whose MACs really go); "
                          "unstructured mode counts weights")  # fmt: skip
     return UnstructuredPruner(**settings)
-
-
-PRUNER_MODES = ("unstructured", "structured")

@@ -1,8 +1,11 @@
 """The common part of both pruners: prunable weights, sparsity, per-step upkeep, cut sizes, read-outs and state.
 
-Also the strategies refused: those that shard the parameters.
+Also the settings' types (mode, budget, when to shrink) and the strategies refused: those that shard the parameters.
+The unstructured path needs neither ``structured/`` nor torch-pruning: they are imported only by structured mode and
+by :meth:`Pruner.export`.
 """
 
+import copy
 import math
 import warnings
 from collections.abc import Callable, Mapping
@@ -11,19 +14,43 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from lightning_prune import structured
-from lightning_prune.importance import Saliency
-from lightning_prune.inputs import Inputs, to_device_of
+from lightning_prune.flops import FlopsMeter
+from lightning_prune.importance import IMPORTANCE_METHODS, Saliency
+from lightning_prune.inputs import Inputs, forward_targets, to_device_of
 from lightning_prune.layers import classifier_name, count_nonzero, owner_names, prunable_weights
 from lightning_prune.layers import sparsity as sparsity_of
 from lightning_prune.masks import PruningMasks
 from lightning_prune.optim import per_weight_state
-from lightning_prune.profiling import FlopsMeter, profile
+from lightning_prune.profiling import profile
+from lightning_prune.validation import Choice, check_bool, check_choice, check_int, check_number, check_patterns
 
 if TYPE_CHECKING:
     import lightning as L
 
-SHRINK_WHEN = ("during", "end")
+
+class Mode(Choice):
+    """What a cut removes: single weights, or whole channels and hidden units."""
+
+    UNSTRUCTURED = "unstructured"
+    STRUCTURED = "structured"
+
+
+class Budget(Choice):
+    """What a ratio, a cut and the target count: prunable weights, or (structured) the MACs per sample they stand
+    for."""
+
+    WEIGHTS = "weights"
+    FLOPS = "flops"
+
+
+class ShrinkWhen(Choice):
+    """Structured mode: when cut channels are removed for real (at the next decision, or by the export)."""
+
+    DURING = "during"
+    END = "end"
+
+
+SHRINK_WHEN = tuple(member.value for member in ShrinkWhen)
 # strategies that shard parameters across devices: no rank holds a whole weight to rank, mask and re-mask
 SHARDING_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
 
@@ -55,30 +82,32 @@ class Pruner:
         saliency_every: Steps between saliency updates near a decision.
         min_layer_density: No prunable tensor (or channel group) keeps less than this share.
         normalize_per_layer: Rank saliency normalised per layer (or group) rather than raw.
-        target_sparsity: The cut that reaches the target reaches it exactly, in whole weights.
         parameters: Glob patterns replacing the default prunable weights.
         exclude: Glob patterns of weights never to prune.
+
+    Raises:
+        ValueError: A setting outside its range, named with the range (a wrong type is also a TypeError).
     """
+
+    mode = Mode.UNSTRUCTURED
 
     def __init__(
         self,
-        importance: str,
-        saliency_beta: float,
-        saliency_every: int,
-        min_layer_density: float,
-        normalize_per_layer: bool,
-        target_sparsity: float | None,
-        parameters: list[str] | None,
-        exclude: list[str] | None,
+        importance: str = "taylor",
+        saliency_beta: float = 0.99,
+        saliency_every: int = 16,
+        min_layer_density: float = 0.02,
+        normalize_per_layer: bool = True,
+        parameters: list[str] | None = None,
+        exclude: list[str] | None = None,
     ) -> None:
-        self.importance = importance
-        self.saliency_beta = saliency_beta
-        self.saliency_every = saliency_every
-        self.min_layer_density = min_layer_density
-        self.normalize_per_layer = normalize_per_layer
-        self.target_sparsity = target_sparsity
-        self.parameters = parameters
-        self.exclude = exclude
+        self.importance = check_choice("importance", importance, IMPORTANCE_METHODS)
+        self.saliency_beta = check_number("saliency_beta", saliency_beta, 0, 1, high_open=True)
+        self.saliency_every = check_int("saliency_every", saliency_every, 1)
+        self.min_layer_density = check_number("min_layer_density", min_layer_density, 0, 1)
+        self.normalize_per_layer = check_bool("normalize_per_layer", normalize_per_layer)
+        self.parameters = check_patterns("parameters", parameters)
+        self.exclude = check_patterns("exclude", exclude)
         self.prunable: list[str] = []
         self.initial_weights = 0
         self.module: nn.Module | None = None
@@ -181,7 +210,7 @@ class Pruner:
     def forward_targets(self) -> list[str]:
         """Where the model may be called, most likely first: itself, then the submodules holding the prunable layers
         (a LightningModule without ``forward`` calls one of them in its ``training_step``)."""
-        return structured.forward_targets(self.module, owner_names(self.prunable))
+        return forward_targets(self.module, owner_names(self.prunable))
 
     def resolution(self) -> float:
         """The smallest possible change of sparsity."""
@@ -205,22 +234,26 @@ class Pruner:
     def before_decision(self, trainer: "L.Trainer") -> None:
         """Whatever must happen at every decision before the cut (structured: remove what survived probation)."""
 
-    def cut_count(self, ratio: float, remaining: float | None = None) -> int:
-        """Whole units (weights) for a cut of ``ratio`` of the ``remaining`` ones (counted when not given); the cut
-        that reaches the target reaches it (ceil), by less than one unit over."""
+    def cut_count(self, ratio: float, remaining: float | None = None, target: float | None = None) -> int:
+        """Whole units (weights) for a cut of ``ratio`` of the ``remaining`` ones (counted when not given). The
+        controller never asks past ``target``; in whole units, the cut that reaches it reaches it (ceil), by less than
+        one unit over."""
         total = self.initial_units
         remaining = self.units(self.prunable_now()) if remaining is None else remaining
         count = round(ratio * remaining)
-        if self.target_sparsity is not None:
-            needed = math.ceil(self.target_sparsity * total - 1e-9) - (total - remaining)
+        if target is not None:
+            needed = math.ceil(target * total - 1e-9) - (total - remaining)
             count = needed if ratio * remaining >= needed - 1 else min(count, needed)
         return max(count, 0)
 
-    def prune(self, trainer: "L.Trainer", ratio: float, remaining: float | None = None) -> int:
-        """Cut ``ratio`` of the ``remaining`` units of the budget (counted when not given); return how many prunable
-        weights went."""
+    def prune(
+        self, trainer: "L.Trainer", ratio: float, remaining: float | None = None, target: float | None = None
+    ) -> int:
+        """Cut ``ratio`` of the ``remaining`` units of the budget (counted when not given), never past ``target``;
+        return how many prunable weights went."""
         prunable = self.prunable_now()
-        selection = self.select(self.cut_count(ratio, self.units(prunable) if remaining is None else remaining))
+        remaining = self.units(prunable) if remaining is None else remaining
+        selection = self.select(self.cut_count(ratio, remaining, target))
         # under DDP every rank must hold rank 0's masks, bit for bit
         selection = trainer.strategy.broadcast(selection, src=0)
         # what goes: the prunable weights among the cut entries that were not zero already
@@ -235,6 +268,26 @@ class Pruner:
         """Restore the last cut; return how many weights came back."""
         return self.masks.undo_last_cut()
 
+    @torch.no_grad()
+    def snapshot(self, trainer: "L.Trainer") -> dict[str, Any]:
+        """The module (parameters and buffers), the optimizers' state and the masks now: what :meth:`rewind` returns
+        to exactly, on the device the module is on."""
+        return {"module": {k: v.detach().clone() for k, v in self.module.state_dict().items()},
+                "optimizers": [copy.deepcopy(o.state_dict()) for o in trainer.optimizers],
+                "masks": self.masks.state_dict()}  # fmt: skip
+
+    @torch.no_grad()
+    def rewind(self, trainer: "L.Trainer", snapshot: dict[str, Any]) -> int:
+        """Back to a :meth:`snapshot`: every weight, buffer, optimizer moment and mask as it was then (the training
+        since is undone too, so the model is the one that was judged then); return how many prunable weights came
+        back."""
+        before = count_nonzero(self.prunable_now())
+        self.module.load_state_dict(snapshot["module"])
+        for optimizer, state in zip(trainer.optimizers, snapshot["optimizers"], strict=True):
+            optimizer.load_state_dict(state)
+        self.masks.load_state_dict(snapshot["masks"])
+        return count_nonzero(self.prunable_now()) - before
+
     def optimizer_state_restorer(self, trainer: "L.Trainer") -> Callable[[], None]:
         """Copy the optimizers' per-weight state (e.g. Adam's moments) of the prunable weights now; the function
         returned puts it back. Exact while no optimizer step runs in between, as for a trial cut undone at once (the
@@ -243,8 +296,8 @@ class Pruner:
         saved = [tensor.clone() for tensor in live]
 
         def restore() -> None:
-            for tensor, copy in zip(live, saved, strict=True):
-                tensor.copy_(copy)
+            for tensor, kept in zip(live, saved, strict=True):
+                tensor.copy_(kept)
 
         return restore
 
@@ -259,6 +312,8 @@ class Pruner:
     def export(self, module: nn.Module) -> nn.Module:
         """A compact dense copy of ``module`` without the channels whose outputs are exactly zero, traced through the
         first forward target and candidate input that run (every group checked by doing, as structured mode does)."""
+        from lightning_prune import structured  # torch-pruning: only when a compact copy is asked for
+
         candidates = [c for c in (self.flops.inputs, self.example_input, *self.candidates) if c is not None]
         declared = getattr(module, "example_input_array", None)
         candidates += [declared] if declared is not None else []

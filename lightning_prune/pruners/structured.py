@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prune import checkpoints, structured
+from lightning_prune.flops import count_macs
 from lightning_prune.importance import Saliency
 from lightning_prune.inputs import Inputs, to_device_of
 from lightning_prune.layers import (
@@ -19,15 +20,10 @@ from lightning_prune.layers import (
 )
 from lightning_prune.masks import PruningMasks
 from lightning_prune.optim import rebuild_optimizers, save_optimizers, slice_like
-from lightning_prune.profiling import count_macs
-from lightning_prune.pruners.base import Pruner
+from lightning_prune.pruners.base import Budget, Mode, Pruner, ShrinkWhen
 
 if TYPE_CHECKING:
     import lightning as L
-
-
-# what a ratio, a cut and the target count: prunable weights, or the MACs per sample they stand for
-BUDGETS = ("weights", "flops")
 
 
 class StructuredPruner(Pruner):
@@ -44,9 +40,13 @@ class StructuredPruner(Pruner):
     the late, wide layers first, which hold the weights but not the MACs).
     """
 
-    def __init__(self, *args: Any, shrink_when: str = "during", budget: str = "weights", **kwargs: Any) -> None:
+    mode = Mode.STRUCTURED
+
+    def __init__(
+        self, *args: Any, shrink_when: ShrinkWhen = ShrinkWhen.DURING, budget: Budget = Budget.WEIGHTS, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
-        self.shrink_when, self.budget = shrink_when, budget
+        self.shrink_when, self.budget = ShrinkWhen(shrink_when), Budget(budget)
         self.entry_macs: dict[str, float] | None = None  # budget="flops": MACs per sample of one entry, by weight
         self.initial_macs: float | None = None
         self.plan: structured.Plan | None = None
@@ -57,7 +57,7 @@ class StructuredPruner(Pruner):
         self._excluded: list[str] = []
 
     def setup(self, trainer: "L.Trainer", module: nn.Module) -> None:
-        if self.shrink_when == "during" and trainer.world_size > 1:
+        if self.shrink_when == ShrinkWhen.DURING and trainer.world_size > 1:
             raise ValueError(
                 "mode='structured' with shrink_when='during' rebuilds the model while it trains, which DDP cannot "
                 "follow; use shrink_when='end' (channels masked, compacted by export) under multi-device strategies"
@@ -99,7 +99,7 @@ class StructuredPruner(Pruner):
         self._groups, self._groups_key = (plan.groups, None), self._shape_key()
         self._narrow()
         self._carry_state(self.masks, self.saliency)
-        if self.budget == "flops":
+        if self.budget == Budget.FLOPS:
             self._measure_macs(plan)
 
     def _measure_macs(self, plan: structured.Plan) -> None:
@@ -184,20 +184,20 @@ class StructuredPruner(Pruner):
 
     @property
     def initial_units(self) -> float:
-        if self.budget == "flops" and self.initial_macs is not None:
+        if self.budget == Budget.FLOPS and self.initial_macs is not None:
             return self.initial_macs
         return self.initial_weights
 
     def units(self, weights: Mapping[str, Tensor]) -> float:
-        if self.budget == "flops" and self.entry_macs is not None:
+        if self.budget == Budget.FLOPS and self.entry_macs is not None:
             return structured.budget_units(weights, self.entry_macs)
         return super().units(weights)
 
     def sparsity_after(self, remaining: float, cut: int) -> float:
-        return self.sparsity if self.budget == "flops" else super().sparsity_after(remaining, cut)
+        return self.sparsity if self.budget == Budget.FLOPS else super().sparsity_after(remaining, cut)
 
     def _entry_costs(self) -> dict[str, float] | None:
-        return self.entry_macs if self.budget == "flops" else None
+        return self.entry_macs if self.budget == Budget.FLOPS else None
 
     def resolution(self) -> float:
         """The cheapest cut still possible as a share of the budget; 1.0 when nothing more can go."""
@@ -213,10 +213,12 @@ class StructuredPruner(Pruner):
         return structured.select(groups, self.masks.weights, self.saliency.scores(), self.prunable_now(),
                                  budget=count, min_layer_density=self.min_layer_density, pruned=self.masks.pruned,
                                  normalize_per_layer=self.normalize_per_layer,
-                                 entry_costs=self._entry_costs(), per_cost=self.budget == "weights")  # fmt: skip
+                                 entry_costs=self._entry_costs(), per_cost=self.budget == Budget.WEIGHTS)  # fmt: skip
 
-    def prune(self, trainer: "L.Trainer", ratio: float, remaining: float | None = None) -> int:
-        removed = super().prune(trainer, ratio, remaining)
+    def prune(
+        self, trainer: "L.Trainer", ratio: float, remaining: float | None = None, target: float | None = None
+    ) -> int:
+        removed = super().prune(trainer, ratio, remaining, target)
         self._refresh_norms()
         return removed
 
@@ -225,13 +227,18 @@ class StructuredPruner(Pruner):
         self._refresh_norms()
         return restored
 
+    def rewind(self, trainer: "L.Trainer", snapshot: dict[str, Any]) -> int:
+        restored = super().rewind(trainer, snapshot)
+        self._refresh_norms()
+        return restored
+
     def before_decision(self, trainer: "L.Trainer") -> None:
-        if self.shrink_when == "during":
+        if self.shrink_when == ShrinkWhen.DURING:
             # the previous cut survived its interval: now it can go for real
             self.shrink(trainer)
 
     def finish(self, trainer: "L.Trainer") -> None:
-        if self.shrink_when == "during":
+        if self.shrink_when == ShrinkWhen.DURING:
             # the last cut needs no more probation: leave fit with a compact model
             self.shrink(trainer, rebuild_optimizer=False)
 
@@ -264,19 +271,19 @@ class StructuredPruner(Pruner):
 
     def state_dict(self) -> dict[str, Any]:
         state = {**super().state_dict(), **({"prunable": list(self.prunable)} if self._narrowed else {})}
-        state["budget"] = self.budget
+        state["budget"] = self.budget.value
         return {**state, **({"initial_macs": self.initial_macs} if self.initial_macs is not None else {})}
 
     def _check_budget(self, state: Mapping[str, Any]) -> None:
         """A run resumes with the budget it pruned by: its history and ratio count that budget's units, and a FLOPs
         budget needs the MACs of the model before any cut, which a model pruned by weights no longer has."""
         # checkpoints older than the "budget" key: only a FLOPs budget saved initial_macs
-        saved = state.get("budget", "flops" if "initial_macs" in state else "weights")
-        if saved != self.budget:
+        saved = state.get("budget", Budget.FLOPS.value if "initial_macs" in state else Budget.WEIGHTS.value)
+        if saved != self.budget.value:
             raise ValueError(
                 f"RealTimePruningCallback: the checkpoint was pruned with budget={saved!r}, but this callback has "
-                f"`budget`={self.budget!r}. Resume with budget={saved!r}, or start a new fit to prune by "
-                f"{self.budget!r}."
+                f"`budget`={self.budget.value!r}. Resume with budget={saved!r}, or start a new fit to prune by "
+                f"{self.budget.value!r}."
             )
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -5,7 +5,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from lightning_prune.inputs import Inputs
+from lightning_prune.inputs import Inputs, within
 from lightning_prune.layers import ATTENTION_LAYERS, WEIGHTED_LAYERS, default_prunable, owner_names
 from lightning_prune.structured.groups import ChannelGroup, SkippedGroup, parameter_names
 from lightning_prune.structured.rnn import rnn_groups
@@ -18,11 +18,6 @@ def default_roots(model: nn.Module) -> list[str]:
     """Module names whose output channels may be pruned: the owners of the default prunable weights (Conv / Linear
     but the classifier, attention, recurrent layers)."""
     return owner_names(default_prunable(model))
-
-
-def within(target: str, name: str) -> bool:
-    """Whether module ``name`` is ``target`` or inside it ("" is the whole model)."""
-    return not target or name == target or name.startswith(f"{target}.")
 
 
 def find_groups(

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from lightning_prune.inputs import Inputs, as_tuple
-from lightning_prune.structured.find import find_groups, within
+from lightning_prune.inputs import Inputs, as_tuple, forward_targets
+from lightning_prune.structured.find import find_groups
 from lightning_prune.structured.groups import ChannelGroup, SkippedGroup
 from lightning_prune.structured.tracing import EvalMode
 from lightning_prune.structured.verify import run, verify_groups
@@ -58,31 +58,6 @@ def plan(
             names = {f.name for f in failed}
             return Plan(target, example, [g for g in groups if g.name not in names], skipped + failed, tried)
     return Plan("", None, [], [], tried)
-
-
-def forward_targets(model: nn.Module, roots: Sequence[str]) -> list[str]:
-    """Where the forward may be called, most likely first: the model; the modules holding every root, outermost
-    first (a LightningModule's ``self.net``); each child holding some (most roots first)."""
-    common = _common_ancestor(roots).split(".") if _common_ancestor(roots) else []
-    targets = [""] + [".".join(common[: depth + 1]) for depth in range(len(common))]
-    children = [name for name, _ in model.named_children() if any(within(name, r) for r in roots)]
-    children.sort(key=lambda child: -sum(within(child, r) for r in roots))
-    return targets + [c for c in children if c not in targets] if len(children) > 1 else targets
-
-
-def _common_ancestor(roots: Sequence[str]) -> str:
-    paths = [r.split(".") for r in roots]
-    if not paths:
-        return ""
-    common = []
-    for parts in zip(*paths, strict=False):
-        if len(set(parts)) != 1:
-            break
-        common.append(parts[0])
-    # a root itself is a layer: its parent holds it
-    if any(len(p) == len(common) for p in paths):
-        common = common[:-1]
-    return ".".join(common)
 
 
 def _fails(model: nn.Module, target: str, example: Inputs) -> str | None:
