@@ -18,9 +18,9 @@ import statistics
 import torch
 
 from lightning_prune import profile
+from lightning_prune.flops import count_macs
 from lightning_prune.layers import classifier_name
 from lightning_prune.models import MNISTCNN, CIFARResNet18, LSTMClassifier
-from lightning_prune.profiling import count_macs
 from lightning_prune.structured import compact_copy, default_roots, find_groups, select
 
 from common import record, table

@@ -9,7 +9,8 @@ import pytest
 
 from lightning_prune.cli import main
 from lightning_prune.compare import baselines
-from lightning_prune.compare.cli import build_parser, plan_comparison, without_pruning_options
+from lightning_prune.compare.cli import build_parser
+from lightning_prune.compare.plan import plan_comparison, without_pruning_options
 from lightning_prune.schedule import PruningWindow
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -1,60 +1,49 @@
 """The ``lightning-prune`` command: every LightningCLI subcommand, plus ``compare`` and ``export``.
 
+- ``main``: the console script, and the table of extra subcommands;
 - ``app``: the LightningCLI subclass (``fit``, ``validate``, ``test``, ``predict``);
 - ``wandb_mode``: W&B online / offline, decided before any run starts;
-- ``export``: the ``export`` subcommand;
-- the ``compare`` subcommand lives in :mod:`lightning_prune.compare`, which builds on ``app``.
+- ``progress``: a plain progress line where there is no terminal;
+- ``export``: the ``export`` subcommand; ``compare`` lives in :mod:`lightning_prune.compare`, which builds on ``app``.
+
+The names below are imported when first used, so that importing a submodule (``compare`` imports ``app``) runs
+nothing of the others.
 """
 
-import argparse
+import importlib
+import importlib.util
 import sys
-from collections.abc import Callable
+from typing import Any
 
-from jsonargparse import DefaultHelpFormatter
+# what the command line needs beyond the callback's own dependencies: the `experiments` extra
+EXPERIMENT_MODULES = ("jsonargparse", "datasets", "torchvision", "torchmetrics", "tokenizers", "wandb", "rich", "scipy",
+                      "matplotlib", "pandas")  # fmt: skip
 
-from lightning_prune.cli.app import LightningPruneCLI, best_checkpoint_sparsity_note, run_directory
-from lightning_prune.cli.wandb_mode import choose_wandb_mode
-from lightning_prune.data.hub import DataSourceError
-
-__all__ = ["LightningPruneCLI", "best_checkpoint_sparsity_note", "choose_wandb_mode", "main", "run_directory"]
-
-
-def _compare(argv: list[str]) -> None:
-    # imported when asked for: compare imports this package's LightningPruneCLI (and pandas, matplotlib)
-    from lightning_prune.compare.cli import compare_main
-
-    compare_main(argv)
-
-
-def _export(argv: list[str]) -> None:
-    from lightning_prune.cli.export import export_main
-
-    export_main(argv)
-
-
-# name -> (what runs it, one line of help): the subcommands LightningCLI does not know
-EXTRA_SUBCOMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
-    "compare": (_compare, "run pruned and unpruned arms over seeds, with statistics and a report"),
-    "export": (_export, "write the compact dense model of a checkpoint"),
+# public name -> the module that defines it
+_PUBLIC = {
+    "main": "lightning_prune.cli.main",
+    "LightningPruneCLI": "lightning_prune.cli.app",
+    "best_checkpoint_sparsity_note": "lightning_prune.cli.app",
+    "run_directory": "lightning_prune.cli.app",
+    "choose_wandb_mode": "lightning_prune.cli.wandb_mode",
 }
+__all__ = sorted([*_PUBLIC, "run"])
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultHelpFormatter):
-    """jsonargparse's formatter, keeping the epilog's line breaks (the list of extra subcommands)."""
+def run() -> None:
+    """The ``lightning-prune`` console script: :func:`~lightning_prune.cli.main.main`, once it is sure the
+    ``experiments`` extra is installed (``pip install lightning-prune`` installs the callback alone)."""
+    missing = [name for name in EXPERIMENT_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"lightning-prune: error: the command line needs the `experiments` extra (missing: {', '.join(missing)})"
+              ": pip install 'lightning-prune[experiments]'", file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
+    importlib.import_module("lightning_prune.cli.main").main()
 
 
-def main(args: list[str] | None = None) -> None:
-    """Entry point of the ``lightning-prune`` console script: LightningCLI subcommands, ``compare``, ``export``."""
-    argv = list(sys.argv[1:] if args is None else args)
-    if argv and argv[0] in EXTRA_SUBCOMMANDS:
-        EXTRA_SUBCOMMANDS[argv[0]][0](argv[1:])
-        return
-    epilog = "extra subcommands:\n" + "\n".join(
-        f"  {name:<10} {help_text} (lightning-prune {name} --help)"
-        for name, (_, help_text) in EXTRA_SUBCOMMANDS.items()
-    )
-    try:
-        LightningPruneCLI(args=args, parser_kwargs={"epilog": epilog, "formatter_class": _HelpFormatter})
-    except DataSourceError as err:
-        print(f"lightning-prune: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'lightning_prune.cli' has no attribute {name!r}")

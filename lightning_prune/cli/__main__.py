@@ -1,3 +1,3 @@
-from lightning_prune.cli import main
+from lightning_prune.cli.main import main
 
 main()

@@ -14,13 +14,10 @@ from typing import Any
 from lightning_prune.cli.progress import format_duration
 from lightning_prune.compare import provenance
 from lightning_prune.compare.claims import DEFAULT_TIMEOUT_S, Claim, ClaimInfo, Owner, State, claim, inspect
-from lightning_prune.compare.runner import Comparison, RunSpec, read_status, run_and_record, say
+from lightning_prune.compare.runner import Comparison, RunSpec, run_and_record, say
+from lightning_prune.compare.status import RunStatus, read_status
 
-FINISHED = "finished"
-# the status of a run another process is training, in the report of a comparison that did not wait for it
-RUNNING = "running"
-# the status, in the report, of a finished run of other code or config that was not (yet) run again
-STALE = "stale"
+FINISHED, RUNNING, STALE = RunStatus.FINISHED, RunStatus.RUNNING, RunStatus.STALE
 
 
 @dataclass(frozen=True)
@@ -100,7 +97,7 @@ class _Pass:
         if not isinstance(taken, Claim):
             say(f"{where}: {taken.describe()}: left to it")
             return _placeholder(spec, RUNNING)
-        outcome = "interrupted"
+        outcome = RunStatus.INTERRUPTED.value
         try:
             # looked at before the claim: another process may have finished it in between
             previous = read_status(spec.directory)

@@ -11,6 +11,7 @@ from matplotlib.ticker import MaxNLocator
 
 from lightning_prune.compare.results import Summary
 from lightning_prune.compare.stats import METRIC_BY_NAME
+from lightning_prune.compare.status import RunStatus
 
 MARKERS = ("o", "s", "^", "D", "v", "P")
 LINESTYLES = ("-", "--", "-.", ":")
@@ -26,7 +27,7 @@ def plot_accuracy_vs_sparsity(results: pd.DataFrame) -> Figure:
     """Test accuracy against final sparsity, one point per run, one marker per arm."""
     figure = _figure(6.5, 4.5)
     axes = figure.add_subplot()
-    finished = results[results["status"] == "finished"]
+    finished = results[results["status"] == RunStatus.FINISHED]
     for index, (arm, rows) in enumerate(finished.groupby("arm", sort=False)):
         axes.scatter(rows["sparsity"] * 100, rows["test_acc"] * 100, marker=MARKERS[index % len(MARKERS)], s=50,
                      label=f"{arm} ({len(rows)} runs)", alpha=0.8)  # fmt: skip

@@ -21,6 +21,7 @@ from lightning_prune.compare.stats import (
     PRIMARY_TEST,
     PRIMARY_TEST_REASON,
 )
+from lightning_prune.compare.status import RunStatus
 from lightning_prune.compare.summary import comparison_pairs, results_frames, summarize
 from lightning_prune.compare.tables import (
     BOOTSTRAP_NOTE,
@@ -152,7 +153,7 @@ def render_report(summary: Summary, results: pd.DataFrame, plots: Sequence[Path]
     lines += ["## Plots", ""]
     lines += [f"![{path.stem.replace('_', ' ')}]({path.name})\n" for path in plots]
     lines += _provenance_lines(summary)
-    unfinished = results[results["status"] != "finished"]
+    unfinished = results[results["status"] != RunStatus.FINISHED]
     if len(unfinished):
         lines += ["## Runs that did not finish", "", "Re-run the same command to retry them.", ""]
         lines += [f"- {row.arm}, seed {row.seed}: {row.status} ({row.run_dir})" for row in unfinished.itertuples()]

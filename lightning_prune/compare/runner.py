@@ -4,7 +4,6 @@ Each run lives in ``OUTPUT/runs/<arm>-seed<k>/`` with a ``status.json``; ``passe
 that finished before and retries the others, so running the same command again resumes.
 """
 
-import json
 import shutil
 import signal
 import sys
@@ -20,19 +19,17 @@ import torch
 from jsonargparse import Namespace
 from lightning.pytorch.loggers import WandbLogger
 
-from lightning_prune.cli import LightningPruneCLI
+from lightning_prune.cli.app import LightningPruneCLI, arguments_alone
 from lightning_prune.compare import provenance
 from lightning_prune.compare.baselines import baseline_callback
 from lightning_prune.compare.claims import Claim, claims_folder
 from lightning_prune.compare.recorder import CurveRecorder, TestCorrectRecorder, pruning_callback
 from lightning_prune.compare.results import now, write_json
+from lightning_prune.compare.status import PRUNED, STATUS_FILE, UNPRUNED, RunStatus, read_status
 from lightning_prune.compare.testset import TEST_CORRECT_FILE, save_test_correct, targets_hash
 from lightning_prune.inputs import example_inputs
 
-UNPRUNED, PRUNED = "unpruned", "pruned"
-STATUS_FILE = "status.json"
-# a run this process stopped because another one took it over: its status.json is the other process's to write
-LOST = "lost"
+__all__ = ["PRUNED", "UNPRUNED", "Arm", "Comparison", "RunSpec", "read_status", "run_and_record", "say"]
 
 
 @dataclass(frozen=True)
@@ -205,7 +202,8 @@ def run_one(spec: RunSpec, claim: Claim | None = None) -> dict[str, Any]:
     """
     spec.directory.mkdir(parents=True, exist_ok=True)
     sigint = signal.getsignal(signal.SIGINT)
-    cli = _RunCLI(args=spec.cli_args, run=False, spec=spec)
+    with arguments_alone():  # not compare's own options: LightningCLI would warn of them at every run
+        cli = _RunCLI(args=spec.cli_args, run=False, spec=spec)
     status = "failed"
     try:
         pruning = pruning_callback(cli.trainer)
@@ -323,17 +321,6 @@ def say(message: str) -> None:
     print(f"[compare] {message}", file=sys.stderr, flush=True)
 
 
-def read_status(directory: Path) -> dict[str, Any] | None:
-    """A run's ``status.json``, None when it has none (or half of one)."""
-    path = directory / STATUS_FILE
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:  # a run killed while writing it: run it again
-        return None
-
-
 def run_and_record(spec: RunSpec, previous: dict[str, Any] | None, claim: Claim | None = None) -> dict[str, Any]:
     """Run ``spec`` afresh (its folder emptied) and record it in its ``status.json``: running, then finished, crashed
     (with the traceback) or interrupted. A run whose ``claim`` was lost writes nothing more: the run is the other
@@ -348,18 +335,18 @@ def run_and_record(spec: RunSpec, previous: dict[str, Any] | None, claim: Claim 
     base = {"arm": spec.arm.name, "seed": spec.seed, "attempts": attempts, "started": now(),
             "run_dir": str(spec.directory), **provenance.code_state(spec.directory.parent.parent),
             "config_hash": spec.config_hash, "task_hash": spec.task_hash, **provenance.versions()}  # fmt: skip
-    write_json(spec.directory / STATUS_FILE, {**base, "status": "running"})
+    write_json(spec.directory / STATUS_FILE, {**base, "status": RunStatus.RUNNING})
     try:
-        record = {**base, "status": "finished", **run_one(spec, claim)}
+        record = {**base, "status": RunStatus.FINISHED, **run_one(spec, claim)}
     except KeyboardInterrupt:
-        write_json(spec.directory / STATUS_FILE, {**base, "status": "interrupted", "ended": now()})
+        write_json(spec.directory / STATUS_FILE, {**base, "status": RunStatus.INTERRUPTED, "ended": now()})
         raise
     except ClaimLost:
-        record = {**base, "status": LOST}
+        record = {**base, "status": RunStatus.LOST}
     except Exception as err:
-        record = {**base, "status": "crashed", "error": "".join(traceback.format_exception(err))}
+        record = {**base, "status": RunStatus.CRASHED, "error": "".join(traceback.format_exception(err))}
     record["ended"] = now()
     if claim is not None and claim.lost:
-        return {**record, "status": LOST}
+        return {**record, "status": RunStatus.LOST}
     write_json(spec.directory / STATUS_FILE, record)
     return record

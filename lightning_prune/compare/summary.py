@@ -12,7 +12,6 @@ import pandas as pd
 from lightning_prune.compare.provenance import CODE_COLUMNS, PROVENANCE_COLUMNS, VERSION_COLUMNS
 from lightning_prune.compare.recorder import CURVE_COLUMNS
 from lightning_prune.compare.results import ArmPair, Summary, TestSetComparison, now
-from lightning_prune.compare.runner import PRUNED, UNPRUNED
 from lightning_prune.compare.stats import (
     ALPHA,
     CONFIDENCE,
@@ -26,6 +25,7 @@ from lightning_prune.compare.stats import (
     describe,
     primary_analysis,
 )
+from lightning_prune.compare.status import PRUNED, UNPRUNED, RunStatus
 from lightning_prune.compare.testset import TEST_CORRECT_FILE, compare_test_sets, load_test_correct
 
 RESULT_COLUMNS = ("arm", "seed", "status", *(m.name for m in METRICS), "epochs", "attempts", "test_examples",
@@ -39,7 +39,7 @@ def results_frames(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, pd.
     curve_rows = [
         {"arm": record["arm"], "seed": record["seed"], **row}
         for record in records
-        if record.get("status") == "finished"
+        if record.get("status") == RunStatus.FINISHED
         for row in record.get("curves", [])
     ]
     curves = pd.DataFrame(curve_rows, columns=["arm", "seed", "epoch", *CURVE_COLUMNS])
@@ -47,7 +47,7 @@ def results_frames(records: Sequence[dict[str, Any]]) -> tuple[pd.DataFrame, pd.
 
 
 def _finished(results: pd.DataFrame, arm: str | None = None) -> pd.DataFrame:
-    rows = results[results["status"] == "finished"]
+    rows = results[results["status"] == RunStatus.FINISHED]
     return rows if arm is None else rows[rows["arm"] == arm]
 
 

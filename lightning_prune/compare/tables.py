@@ -12,7 +12,6 @@ from lightning_prune.compare.results import (
     TestResult,
     conclusion_text,
 )
-from lightning_prune.compare.runner import UNPRUNED
 from lightning_prune.compare.stats import (
     ALPHA,
     BOOTSTRAP_MIN_SEEDS,
@@ -21,6 +20,7 @@ from lightning_prune.compare.stats import (
     PRIMARY_METRIC,
     Metric,
 )
+from lightning_prune.compare.status import UNPRUNED
 
 ACCURACY = METRIC_BY_NAME[PRIMARY_METRIC]
 SPARSITY = METRIC_BY_NAME["sparsity"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import pandas as pd
 
-from lightning_prune.cli import choose_wandb_mode
+from lightning_prune.cli.wandb_mode import choose_wandb_mode
 
 
 def log_summary_run(

@@ -23,6 +23,7 @@ from typing import IO, Any
 import lightning_prune
 from lightning_prune.compare.passes import Share, run_comparison
 from lightning_prune.compare.runner import Comparison, say
+from lightning_prune.compare.status import RunStatus
 
 INTERRUPTED = 130
 
@@ -187,7 +188,7 @@ def main() -> None:
         records = run_comparison(task.comparison, task.share)
     except KeyboardInterrupt:
         sys.exit(INTERRUPTED)
-    sys.exit(1 if any(record["status"] == "crashed" for record in records) else 0)
+    sys.exit(1 if any(record["status"] == RunStatus.CRASHED for record in records) else 0)
 
 
 if __name__ == "__main__":
