@@ -5,6 +5,7 @@ classifier (the last ``nn.Linear`` in module order: its outputs are the classes 
 output channels, and how sparsity is counted (non-zero prunable weights against their number before pruning).
 """
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatch
 
@@ -90,8 +91,11 @@ def prunable_weights(
 ) -> dict[str, nn.Parameter]:
     """The weights to prune, by parameter name.
 
-    By default :func:`default_prunable`; ``parameters`` (glob patterns over parameter names) replaces that choice and
-    ``exclude`` patterns remove from it.
+    By default :func:`default_prunable` without the frozen weights (``requires_grad=False``: a fine-tuned model's
+    backbone, which no optimizer moves, so a cut could never be recovered from), said in one warning with how many
+    there were and how to include them; ``parameters`` (glob patterns over parameter names) replaces that choice, frozen
+    weights included when a pattern names them, and ``exclude`` patterns remove from it. ``requires_grad`` is read now:
+    call this once the trainable set is fixed (the callback does at setup, before the first step).
 
     Raises:
         ValueError: A ``parameters`` pattern matches nothing, or nothing is left to prune (the message names
@@ -108,7 +112,7 @@ def prunable_weights(
     """
     named = dict(model.named_parameters())
     if parameters is None:
-        chosen = default_prunable(model)
+        chosen = _trainable_only(default_prunable(model))
     else:
         unmatched = [pattern for pattern in parameters if not any(fnmatch(n, pattern) for n in named)]
         if unmatched:
@@ -131,6 +135,30 @@ def prunable_weights(
             )
         chosen = kept
     return chosen
+
+
+def _trainable_only(weights: dict[str, nn.Parameter]) -> dict[str, nn.Parameter]:
+    """``weights`` without the frozen ones, said in one warning.
+
+    Raises:
+        ValueError: Every weight is frozen (the message says how to include them).
+    """
+    frozen = [name for name, weight in weights.items() if not weight.requires_grad]
+    if not frozen:
+        return weights
+    include = f"name them in `parameters=[...]` (glob patterns, e.g. {frozen[0].rsplit('.', 1)[0] + '.*'!r})"
+    if len(frozen) == len(weights):
+        raise ValueError(
+            f"RealTimePruningCallback found nothing to prune: all {len(frozen)} prunable weight tensors are frozen "
+            f"(requires_grad=False), and frozen weights are left out by default. To prune them, {include}."
+        )
+    shown = ", ".join(repr(n) for n in frozen[:3]) + (f" and {len(frozen) - 3} more" if len(frozen) > 3 else "")
+    warnings.warn(
+        f"RealTimePruningCallback leaves {len(frozen)} frozen weight tensor(s) out of pruning (requires_grad=False: "
+        f"{shown}); to prune them too, {include}.",
+        stacklevel=3,
+    )
+    return {name: weight for name, weight in weights.items() if weight.requires_grad}
 
 
 def excluded_names(model: nn.Module, exclude: Sequence[str] | None) -> list[str]:
