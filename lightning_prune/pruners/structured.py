@@ -30,6 +30,24 @@ if TYPE_CHECKING:
 BUDGETS = ("weights", "flops")
 
 
+def refuse_averaged_copies(trainer: "L.Trainer", shrink_when: str) -> None:
+    """StochasticWeightAveraging keeps an averaged copy of the model, parameter by parameter, which cannot follow
+    channels removed while it trains (it failed with a size mismatch mid-training): refused before anything runs.
+
+    Raises:
+        ValueError: ``shrink_when="during"`` beside a StochasticWeightAveraging callback.
+    """
+    averaging = [type(c).__name__ for c in trainer.callbacks
+                 if any(k.__name__ == "StochasticWeightAveraging" for k in type(c).__mro__)]  # fmt: skip
+    if averaging and shrink_when == "during":
+        raise ValueError(
+            f"mode='structured' with shrink_when='during' removes channels while {averaging[0]} averages the model "
+            "parameter by parameter into a copy that keeps the old shapes (it fails mid-training). Use "
+            "shrink_when='end': channels are masked while training (the average keeps them at zero) and "
+            "`export(module)` gives the compact model."
+        )
+
+
 class StructuredPruner(Pruner):
     """Whole channels, fc neurons, attention dimensions and recurrent hidden units, with everything coupled to them.
 
@@ -66,6 +84,7 @@ class StructuredPruner(Pruner):
                 "mode='structured' with shrink_when='during' rebuilds the model while it trains, which DDP cannot "
                 "follow; use shrink_when='end' (channels masked, compacted by export) under multi-device strategies"
             )
+        refuse_averaged_copies(trainer, self.shrink_when)
         super().setup(trainer, module)
         self._roots, self._excluded = owner_names(self.prunable), excluded_names(module, self.exclude)
         checkpoints.install_resize_hook(module)
