@@ -61,8 +61,10 @@ def trace(model: nn.Module, example_input: Inputs, target: str = "") -> Trace:
     """torch-pruning's dependency graph of ``model`` run through ``target`` (recurrent layers left to our groups)."""
     recurrent = [m for m in model.modules() if isinstance(m, RECURRENT_LAYERS)]
     guard = ReshapeGuard()
-    # torch-pruning traces through autograd: allow it even when called under no_grad / inference_mode
-    with EvalMode(model), torch.inference_mode(False), torch.enable_grad(), guard.recording(), guard.guarding():
+    # torch-pruning traces through autograd: allow it even when called under no_grad / inference_mode, and see each
+    # operation of a module the user compiled (a compiled graph is one autograd node)
+    with EvalMode(model), torch.inference_mode(False), torch.enable_grad(), guard.recording(), guard.guarding(), \
+            torch.compiler.set_stance("force_eager"):  # fmt: skip
         graph = tp.DependencyGraph().build_dependency(
             model,
             example_inputs=as_tuple(example_input),
