@@ -237,3 +237,13 @@ def test_efficientvit_is_planned_in_bounded_time_and_what_it_leaves_out_is_named
     found = plan(model, [torch.randn(2, 3, 32, 32)], default_roots(model), classifier_name(model))
     assert found.groups and found.skipped
     assert all(s.reason and s.modules for s in found.skipped)
+
+
+@pytest.mark.timeout(60)
+def test_a_llama_with_one_key_value_head_keeps_its_heads_and_says_why():
+    model = llama(kv_heads=1)
+    found = plan(model, [torch.randint(1, VOCAB, (2, 8))], default_roots(model), classifier_name(model))
+    reasons = {s.name: s.reason for s in found.skipped}
+    assert "single key/value head" in reasons["model.model.layers.0.self_attn"]
+    assert not any(g.name.endswith(".heads") for g in found.groups)
+    assert any(g.name.endswith("mlp.up_proj") for g in found.groups)
