@@ -182,7 +182,7 @@ class RealTimePruningCallback(SettingsView, Callback):
     def on_train_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         # after any checkpoint was restored, whichever the strategy's order of restoring and on_fit_start; the data is
         # known now: say at once when the window can never open or the target cannot be reached
-        for problem in self.decisions.start(_clock(trainer, 0), trainer.enable_validation, self.min_layer_density):
+        for problem in self.decisions.start(trainer, _clock(trainer, 0), self.min_layer_density):
             rank_zero_warn(f"RealTimePruningCallback: {problem}")
         if self.verbose:
             weights = f"{len(self.pruner.prunable)} tensors ({self.pruner.initial_weights:,} weights)"
@@ -194,7 +194,7 @@ class RealTimePruningCallback(SettingsView, Callback):
     def on_train_batch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule", batch: Any, batch_idx: int):
         self._batch_idx = batch_idx
         if not self.pruner.candidates:
-            self.pruner.prepare(candidate_inputs(batch, pl_module))
+            self.pruner.prepare(candidate_inputs(batch, pl_module), self.target_sparsity)
         self.decisions.capture_probe(batch, self.pruner)
 
     def on_train_epoch_start(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:

@@ -60,12 +60,13 @@ class Decisions:
         """Decisions follow the validation runs (one per run) rather than the window's interval."""
         return self.controller.pace_by == "guard"
 
-    def start(self, clock: Clock, validation_runs: bool, min_layer_density: float) -> list[str]:
+    def start(self, trainer: "L.Trainer", clock: Clock, min_layer_density: float) -> list[str]:
         """At train start (after any restore): fix the window's end for this fit's budget, and say what keeps it from
         pruning or from reaching its target. A resumed fit follows its own budget (or the ``end_epoch`` given), not
         the one of the run it resumes, and says so when that moves the window's end; without one it keeps the saved
-        end."""
+        end. A StochasticWeightAveraging callback averaging inside the window is said too."""
         window, saved, self.saved_end_epoch = self.window, self.saved_end_epoch, None
+        averaging_from = averaging_start(trainer)
         problems = []
         unbounded = (clock.max_epochs is None or clock.max_epochs < 0) and not clock.max_steps > 0
         if window.end_epoch is None and saved is not None and unbounded:
@@ -75,12 +76,17 @@ class Decisions:
             self.done = False  # "pruning window over" may no longer hold: decide again
             problems.append(f"resuming with the pruning window ending at end_epoch={window.end_epoch} (was {saved}; "
                             f"max_epochs={clock.max_epochs}): the pace follows it.")  # fmt: skip
+        if averaging_from is not None and window.end_epoch > averaging_from:
+            problems.append(f"StochasticWeightAveraging averages from epoch {averaging_from}, inside the pruning "
+                            f"window (end_epoch={window.end_epoch}): at the end of training it copies its average "
+                            "back, which holds the values of weights cut after that epoch. Set end_epoch <= "
+                            f"{averaging_from}, or start the averaging later.")  # fmt: skip
         if self.history:  # a resumed run said the rest when it started
             return problems
         opening = window.problems(clock.max_epochs, clock.steps_per_epoch)
         problems += opening or unreachable_target(self.controller, min_layer_density, window)
         runs = window.decisions_left(clock, per_validation=True) if self.paced_by_guard else None
-        return problems + self.guard.problems(validation_runs, runs, self.controller.max_ratio)
+        return problems + self.guard.problems(trainer.enable_validation, runs, self.controller.max_ratio)
 
     def capture_probe(self, batch: Any, pruner: "Pruner") -> None:
         """``pace_by="damage"``: keep the samples of the first training batch as the probe (the batch's own, not
@@ -256,3 +262,15 @@ def checkpoint_state(state: dict[str, Any]) -> dict[str, Any]:
     decision_keys = ("controller", "history", "done", "end_epoch", "signals", "guard", "probe", "validated", "snapshot")
     return {"decision": {k: v for k, v in state.items() if k in decision_keys},
             "pruner": {k: v for k, v in state.items() if k not in decision_keys}}  # fmt: skip
+
+
+def averaging_start(trainer: "L.Trainer") -> int | None:
+    """The first epoch a StochasticWeightAveraging callback of ``trainer`` averages (resolved by it at fit start),
+    None without one."""
+    for callback in trainer.callbacks:
+        if any(k.__name__ == "StochasticWeightAveraging" for k in type(callback).__mro__):
+            try:
+                return int(callback.swa_start)  # 0-based, once the callback resolved it at fit start
+            except (AssertionError, AttributeError, TypeError, ValueError):
+                return None
+    return None

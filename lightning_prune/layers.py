@@ -5,6 +5,7 @@ classifier (the last ``nn.Linear`` in module order: its outputs are the classes 
 output channels, and how sparsity is counted (non-zero prunable weights against their number before pruning).
 """
 
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from fnmatch import fnmatch
 
@@ -19,6 +20,9 @@ RECURRENT_WEIGHTS = ("weight_ih_l", "weight_hh_l")
 ATTENTION_LAYERS = (nn.MultiheadAttention,)
 # the projections of an attention layer: packed (query, key and value in one) or separate
 ATTENTION_WEIGHTS = ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight")
+# layers (by class name, so that no model library is imported) that are a Linear with a transposed weight, of shape
+# (in, out): Hugging Face's Conv1D (GPT-2). Their output channels are the weight's columns.
+TRANSPOSED_LINEAR_LAYERS = ("Conv1D",)
 # per-channel affine parameters called "weight" that remove none of a layer's multiply-accumulates when zeroed
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
 # normalisations whose statistics span channels: a zero channel changes every other channel's output
@@ -28,7 +32,22 @@ CROSS_CHANNEL_NORMS = (nn.LayerNorm, nn.GroupNorm)
 WIDTH_ATTRIBUTES: dict[str, dict[str, tuple[str, int]]] = {
     # torchvision's VisionTransformer reshapes the patch embedding to `hidden_dim` channels
     "VisionTransformer": {"hidden_dim": ("conv_proj.weight", 0)},
+    # Hugging Face's Conv1D: a transposed Linear that reads its widths from nf / nx
+    "Conv1D": {"nf": ("weight", 1), "nx": ("weight", 0)},
+    # GPT-2's attention splits its fused projection into queries, keys and values `split_size` wide: one per head kept
+    "GPT2Attention": {"split_size": ("c_proj.weight", 0)},
 }
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    """A Linear whose weight is stored transposed, ``(in, out)`` (:data:`TRANSPOSED_LINEAR_LAYERS`)."""
+    weight = getattr(module, "weight", None)
+    return type(module).__name__ in TRANSPOSED_LINEAR_LAYERS and isinstance(weight, Tensor) and weight.dim() == 2
+
+
+def is_channel_layer(module: nn.Module) -> bool:
+    """A layer that owns output channels: a convolution, a Linear, or a transposed Linear (GPT-2's Conv1D)."""
+    return isinstance(module, WEIGHTED_LAYERS) or is_transposed_linear(module)
 
 
 def classifier_name(model: nn.Module) -> str | None:
@@ -43,15 +62,16 @@ def classifier_name(model: nn.Module) -> str | None:
 
 
 def default_prunable(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Conv*d / Linear weights but the classifier's, the projections of ``nn.MultiheadAttention``, and every
-    ``weight_ih_l*`` / ``weight_hh_l*`` of LSTM/GRU/RNN layers; no biases, normalisation layers or embeddings. A weight
-    shared by two modules is listed once."""
+    """Conv*d / Linear weights but the classifier's (and those of transposed Linears, GPT-2's Conv1D), the projections
+    of ``nn.MultiheadAttention``, and every ``weight_ih_l*`` / ``weight_hh_l*`` of LSTM/GRU/RNN layers; no biases,
+    normalisation layers or embeddings. A weight shared by two modules is listed once. Frozen weights are listed too:
+    :func:`prunable_weights` decides about them."""
     classifier = classifier_name(model)
     chosen: dict[str, nn.Parameter] = {}
     seen: set[int] = set()
     for module_name, module in model.named_modules():
         prefix = f"{module_name}." if module_name else ""
-        if isinstance(module, WEIGHTED_LAYERS) and module_name != classifier:
+        if is_channel_layer(module) and module_name != classifier:
             candidates = [("weight", module.weight)]
         elif isinstance(module, RECURRENT_LAYERS):
             candidates = [(n, p) for n, p in module.named_parameters(recurse=False) if n.startswith(RECURRENT_WEIGHTS)]
@@ -71,8 +91,11 @@ def prunable_weights(
 ) -> dict[str, nn.Parameter]:
     """The weights to prune, by parameter name.
 
-    By default :func:`default_prunable`; ``parameters`` (glob patterns over parameter names) replaces that choice and
-    ``exclude`` patterns remove from it.
+    By default :func:`default_prunable` without the frozen weights (``requires_grad=False``: a fine-tuned model's
+    backbone, which no optimizer moves, so a cut could never be recovered from), said in one warning with how many
+    there were and how to include them; ``parameters`` (glob patterns over parameter names) replaces that choice, frozen
+    weights included when a pattern names them, and ``exclude`` patterns remove from it. ``requires_grad`` is read now:
+    call this once the trainable set is fixed (the callback does at setup, before the first step).
 
     Raises:
         ValueError: A ``parameters`` pattern matches nothing, or nothing is left to prune (the message names
@@ -89,7 +112,7 @@ def prunable_weights(
     """
     named = dict(model.named_parameters())
     if parameters is None:
-        chosen = default_prunable(model)
+        chosen = _trainable_only(default_prunable(model))
     else:
         unmatched = [pattern for pattern in parameters if not any(fnmatch(n, pattern) for n in named)]
         if unmatched:
@@ -112,6 +135,30 @@ def prunable_weights(
             )
         chosen = kept
     return chosen
+
+
+def _trainable_only(weights: dict[str, nn.Parameter]) -> dict[str, nn.Parameter]:
+    """``weights`` without the frozen ones, said in one warning.
+
+    Raises:
+        ValueError: Every weight is frozen (the message says how to include them).
+    """
+    frozen = [name for name, weight in weights.items() if not weight.requires_grad]
+    if not frozen:
+        return weights
+    include = f"name them in `parameters=[...]` (glob patterns, e.g. {frozen[0].rsplit('.', 1)[0] + '.*'!r})"
+    if len(frozen) == len(weights):
+        raise ValueError(
+            f"RealTimePruningCallback found nothing to prune: all {len(frozen)} prunable weight tensors are frozen "
+            f"(requires_grad=False), and frozen weights are left out by default. To prune them, {include}."
+        )
+    shown = ", ".join(repr(n) for n in frozen[:3]) + (f" and {len(frozen) - 3} more" if len(frozen) > 3 else "")
+    warnings.warn(
+        f"RealTimePruningCallback leaves {len(frozen)} frozen weight tensor(s) out of pruning (requires_grad=False: "
+        f"{shown}); to prune them too, {include}.",
+        stacklevel=3,
+    )
+    return {name: weight for name, weight in weights.items() if weight.requires_grad}
 
 
 def excluded_names(model: nn.Module, exclude: Sequence[str] | None) -> list[str]:

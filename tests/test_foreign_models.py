@@ -4,18 +4,16 @@ RNN layers, Lightning's own demo Transformer, a module without ``forward``, manu
 Each case trains four tiny steps (epoch 0 cuts half the prunable weights, or in structured mode with
 ``budget="flops"`` half their MACs; epoch 1 recovers; structured mode removes the cut channels at its end) and checks
 what a user relies on: training completes, the target is reached (structured: within one channel's share), cut weights
-stay zero before every step, nothing non-finite is logged, and the export is smaller and computes what the pruned
-model computes.
+stay zero before every step, ``cb.sparsity`` is what the weights show over every default prunable weight, nothing
+non-finite is logged, and the export is smaller and computes what the pruned model computes.
 """
 
-import csv
-import math
+import warnings
 
 import lightning as L
 import pytest
 import torch
 import torchvision
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.demos import LightningTransformer
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
@@ -24,25 +22,17 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_prune import RealTimePruningCallback
 
+from helpers import (
+    Classifier,
+    ZeroChecker,
+    assert_export_computes_the_same,
+    assert_logs_finite,
+    coarsest_step,
+    dense_prunable_count,
+    measured_sparsity,
+)
+
 TARGET = 0.5
-
-
-class Classifier(L.LightningModule):
-    """Cross-entropy over any backbone taking ``(*inputs)``; logs nothing (the callback paces by the returned loss)."""
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, *inputs):
-        return self.backbone(*inputs)
-
-    def training_step(self, batch, batch_idx):
-        *inputs, target = batch
-        return F.cross_entropy(self(*inputs), target)
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
 
 
 class NoForward(Classifier):
@@ -158,20 +148,6 @@ CASES = {
 }
 
 
-class ZeroChecker(Callback):
-    """Before every batch: every cut weight is exactly zero."""
-
-    def __init__(self, pruning: RealTimePruningCallback) -> None:
-        self.pruning, self.checked = pruning, 0
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        masks = self.pruning.masks
-        for name, cut in masks.pruned.items():
-            if cut.any():
-                assert (masks.weights[name][cut] == 0).all(), f"{name}: a cut weight moved"
-                self.checked += 1
-
-
 def call(model: nn.Module, batch) -> torch.Tensor:
     *inputs, target = batch
     if isinstance(model, LightningTransformer):
@@ -179,6 +155,11 @@ def call(model: nn.Module, batch) -> torch.Tensor:
     if isinstance(model, NoForward):
         return model.backbone(*inputs)
     return model(*inputs)
+
+
+# structured mode leaves the demo's embedding stream out (a fixed positional encoding is added to it): its attention
+# projections hold most prunable weights, so the target is out of reach, which setup says
+OUT_OF_REACH = {"demo_transformer", "demo_transformer_logged"}
 
 
 @pytest.mark.parametrize("mode", ["unstructured", "structured", "structured_flops"])
@@ -196,29 +177,22 @@ def test_a_foreign_model_is_pruned_to_the_target_and_exports(case, mode, tmp_pat
     trainer = L.Trainer(max_epochs=2, logger=logger, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, accelerator="cpu", devices=1, log_every_n_steps=1,
                         callbacks=[pruning, checker], **settings)  # fmt: skip
-    dense_params = sum(p.numel() for p in build().parameters())
-    trainer.fit(module, loader)
+    dense = build()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, loader)
 
-    resolution = pruning.pruner.resolution() if mode == "structured" else 1e-3
+    # cb.sparsity counts every default prunable weight, in both modes (it once left out what structured mode did)
+    assert pruning.sparsity == pytest.approx(measured_sparsity(module, dense_prunable_count(dense)), abs=1e-9)
     # the target counts the budget: weights, or with budget="flops" the MACs they stand for
     reached = pruning.pruner.sparsity_at(pruning.pruner.remaining())
-    assert reached == pytest.approx(TARGET, abs=max(resolution, 1e-3)), pruning.history
+    if mode == "structured" and case in OUT_OF_REACH:
+        assert any("target_sparsity=0.5 cannot be reached" in str(w.message) for w in caught)
+        assert pruning.pruner.resolution() == 1.0 and reached < TARGET  # it went as far as it can
+    else:
+        resolution = coarsest_step(pruning) if mode == "structured" else 1e-3
+        assert reached == pytest.approx(TARGET, abs=max(resolution, 1e-3)), pruning.history
     assert checker.checked > 0
-    with open(f"{logger.log_dir}/metrics.csv") as handle:
-        values = [
-            v for row in csv.DictReader(handle) for k, v in row.items() if k.startswith(("pruning", "grad")) and v
-        ]
-    assert values and all(math.isfinite(float(v)) for v in values)
-
-    exported = pruning.export(module)
-    if mode == "structured":
-        assert sum(p.numel() for p in exported.parameters()) < dense_params
-    else:  # single weights: the export keeps its shapes; what a sparse format stores, its non-zeros, shrank
-        removed = dense_params - sum(int(p.count_nonzero()) for p in exported.parameters())
-        assert removed >= TARGET * pruning.pruner.initial_weights - 1
-    batch = next(iter(loader))
-    module.eval()
-    exported.eval()
-    with torch.no_grad():
-        expected, got = call(module, batch).float(), call(exported, batch).float()
-    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert_logs_finite(logger.log_dir)
+    dense_params = sum(p.numel() for p in dense.parameters())
+    assert_export_computes_the_same(pruning, module, next(iter(loader)), call, dense_params)

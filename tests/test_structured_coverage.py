@@ -6,6 +6,7 @@ full-size model takes its shapes and weights. Then a few short fits, and the edg
 the sparsity of a GRU before any cut.
 """
 
+import re
 import warnings
 
 import lightning as L
@@ -21,7 +22,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_prune import RealTimePruningCallback
 from lightning_prune.checkpoints import load_pruned, match_architecture
 from lightning_prune.inputs import as_tuple
-from lightning_prune.layers import classifier_name
+from lightning_prune.layers import classifier_name, default_prunable
 from lightning_prune.structured import compact_copy, default_roots, mask_channels, plan
 
 from helpers import quiet_trainer
@@ -388,17 +389,24 @@ def test_the_demo_transformer_runs_on_the_whole_batch_and_keeps_its_stream_whole
     generator = torch.Generator().manual_seed(0)
     text = torch.randint(0, VOCAB, (16, 8), generator=generator)
     module = LanguageModel()
+    dense = sum(w.numel() for w in default_prunable(LanguageModel()).values())
     pruning = RealTimePruningCallback(mode="structured", target_sparsity=0.5, initial_ratio=0.3)
-    with pytest.warns(UserWarning, match=r"'net\.embedding'.*fails once its channels are removed"):
+    with pytest.warns(UserWarning) as caught:
         quiet_trainer(max_epochs=4, callbacks=[pruning]).fit(
             module, DataLoader(TensorDataset(text, text), batch_size=4)
         )
+    said = [str(w.message) for w in caught]
+    assert any(re.search(r"'net\.embedding'.*fails once its channels are removed", m) for m in said)
     # the batch's inputs alone do not run it: the whole batch does
     assert len(as_tuple(pruning.example_input)) == 2
     # only the feed-forward layers hold prunable groups: they shrank, the embedding stream did not
-    assert all(n.endswith(("linear1.weight", "linear2.weight")) for n in pruning.pruner.prunable)
     assert module.net.transformer.encoder.layers[0].linear1.out_features < 32
-    assert module.net.embedding.embedding_dim == 16 and reached_target(pruning)
+    assert module.net.embedding.embedding_dim == 16
+    # the stream's attention projections still count (as weights that stay): the target is out of reach, said at
+    # setup, and sparsity is what the weights show, over all of them (it used to report 0.5 at 12.5% zeros)
+    assert any("target_sparsity=0.5 cannot be reached" in m and "at most about 0.39" in m for m in said)
+    now = sum(int(w.count_nonzero()) for w in default_prunable(module).values())
+    assert pruning.sparsity == pytest.approx(1 - now / dense) and 0.3 < pruning.sparsity < 0.4
 
 
 def test_a_gru_counts_only_what_it_can_prune_before_any_cut():

@@ -4,6 +4,9 @@ import torch
 from torch import nn
 
 PAD_INDEX = 0
+# the example review's length: IMDBDataModule's default max_length, to which every review is padded, so that the MACs
+# counted on the example are those of a training sample
+EXAMPLE_LENGTH = 256
 
 
 class LSTMClassifier(nn.Module):
@@ -42,6 +45,13 @@ class LSTMClassifier(nn.Module):
         )
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden_size, num_classes)
+
+    @property
+    def example_input_array(self) -> torch.Tensor:
+        """One review of :data:`EXAMPLE_LENGTH` tokens (no padding): what ``ClassificationModule`` declares, so that
+        Lightning's model summary counts FLOPs."""
+        vocab_size = self.embedding.num_embeddings
+        return torch.full((1, EXAMPLE_LENGTH), min(1, vocab_size - 1), dtype=torch.long)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if lengths is None:

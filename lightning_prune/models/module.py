@@ -33,7 +33,9 @@ class ClassificationModule(L.LightningModule):
 
     A batch is a tuple ``(*inputs, target)`` (the package's convention, ``lightning_prune.inputs``): the inputs go
     to ``backbone(*inputs)``, so image batches ``(x, y)`` and text batches ``(tokens, lengths, y)`` both work. Logs
-    ``train_loss`` (step and epoch), ``train_acc``, ``val_loss``, ``val_acc``, ``test_loss`` and ``test_acc``.
+    ``train_loss`` (step and epoch), ``train_acc``, ``val_loss``, ``val_acc``, ``test_loss`` and ``test_acc``. The
+    backbone's ``example_input_array`` (the reference networks have one) becomes the module's, so that Lightning's model
+    summary counts FLOPs and structured pruning checks the model at setup.
 
     Args:
         backbone: The network; its output is the logits.
@@ -55,6 +57,8 @@ class ClassificationModule(L.LightningModule):
         # init args) does: it makes the checkpoint self-describing for load_from_checkpoint and `export`
         self.save_hyperparameters(ignore=[] if _backbone_config_given() else ["backbone"])
         self.backbone = backbone
+        # Lightning's model summary counts FLOPs on it, and the pruning callback traces it at setup
+        self.example_input_array = getattr(backbone, "example_input_array", None)
         self.num_classes = num_classes if num_classes is not None else _infer_num_classes(backbone)
         self.loss_fn = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(self.num_classes, average="micro")

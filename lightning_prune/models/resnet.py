@@ -1,5 +1,6 @@
 """ResNet-18 for 32x32 images: torchvision's network with the CIFAR stem."""
 
+import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -13,7 +14,6 @@ class CIFARResNet18(ResNet):
         num_classes: Number of output classes.
 
     Example:
-        >>> import torch
         >>> CIFARResNet18()(torch.zeros(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
@@ -23,3 +23,8 @@ class CIFARResNet18(ResNet):
         self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
         nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
         self.maxpool = nn.Identity()
+
+    @property
+    def example_input_array(self) -> torch.Tensor:
+        """One CIFAR-10 image: what ``ClassificationModule`` declares, so that Lightning's summary counts FLOPs."""
+        return torch.zeros(1, 3, 32, 32)

@@ -131,9 +131,10 @@ class Pruner:
     def _build_state(self) -> None:
         raise NotImplementedError
 
-    def prepare(self, candidates: list[Inputs]) -> None:
+    def prepare(self, candidates: list[Inputs], target: float | None = None) -> None:
         """Before the first training step: what the model may be called with (``inputs.candidate_inputs``), for
-        tracing, FLOPs and export. Structured mode checks the model here."""
+        tracing, FLOPs and export. Structured mode checks the model here, and says how much of ``target`` it can
+        reach."""
         self.candidates = candidates
         if self.example_input is None and candidates:
             self.example_input = candidates[0]

@@ -26,12 +26,32 @@ if TYPE_CHECKING:
     import lightning as L
 
 
+def refuse_averaged_copies(trainer: "L.Trainer", shrink_when: str) -> None:
+    """StochasticWeightAveraging keeps an averaged copy of the model, parameter by parameter, which cannot follow
+    channels removed while it trains (it failed with a size mismatch mid-training): refused before anything runs.
+
+    Raises:
+        ValueError: ``shrink_when="during"`` beside a StochasticWeightAveraging callback.
+    """
+    averaging = [type(c).__name__ for c in trainer.callbacks
+                 if any(k.__name__ == "StochasticWeightAveraging" for k in type(c).__mro__)]  # fmt: skip
+    if averaging and shrink_when == ShrinkWhen.DURING:
+        raise ValueError(
+            f"mode='structured' with shrink_when='during' removes channels while {averaging[0]} averages the model "
+            "parameter by parameter into a copy that keeps the old shapes (it fails mid-training). Use "
+            "shrink_when='end': channels are masked while training (the average keeps them at zero) and "
+            "`export(module)` gives the compact model."
+        )
+
+
 class StructuredPruner(Pruner):
     """Whole channels, fc neurons, attention dimensions and recurrent hidden units, with everything coupled to them.
 
     Before the first step (:meth:`prepare`) it finds the forward target and input that run, the channel groups, and
-    the groups it must leave out (each warned about once, by layer path); only weights in a prunable group count as
-    prunable. A cut is masked for one interval (so it can be rolled back), then removed for real at the next decision
+    the groups it must leave out (each warned about once, by layer path). The target and ``sparsity`` count every
+    prunable weight, as in unstructured mode: weights that no pruned group holds stay, the pruned groups are cut deeper
+    to make up for them, and what that leaves of the target is said once at setup (``structured.reach``). A cut is
+    masked for one interval (so it can be rolled back), then removed for real at the next decision
     (``shrink_when="during"``), or kept masked until :meth:`export` (``"end"``).
 
     With ``budget="flops"`` the ratio, every cut and the target count MACs per sample instead of weights (each weight
@@ -52,7 +72,9 @@ class StructuredPruner(Pruner):
         self.plan: structured.Plan | None = None
         self._groups: tuple[list[structured.ChannelGroup], Any] | None = None
         self._groups_key: tuple = ()
-        self._narrowed = False  # prunable / initial_weights count only the weights of prunable groups
+        # a checkpoint of a version that counted only the weights of pruned groups: the names it counted, until the
+        # MACs of the others can be added back to its initial count (budget="flops")
+        self._narrow_macs: list[str] | None = None
         self._roots: list[str] = []  # the layers owning prunable weights, and the parameters never to cut
         self._excluded: list[str] = []
 
@@ -62,6 +84,7 @@ class StructuredPruner(Pruner):
                 "mode='structured' with shrink_when='during' rebuilds the model while it trains, which DDP cannot "
                 "follow; use shrink_when='end' (channels masked, compacted by export) under multi-device strategies"
             )
+        refuse_averaged_copies(trainer, self.shrink_when)
         super().setup(trainer, module)
         self._roots, self._excluded = owner_names(self.prunable), excluded_names(module, self.exclude)
         checkpoints.install_resize_hook(module)
@@ -75,9 +98,9 @@ class StructuredPruner(Pruner):
 
     # -- before the first step -------------------------------------------------------------------------------------
 
-    def prepare(self, candidates: list[Inputs]) -> None:
+    def prepare(self, candidates: list[Inputs], target: float | None = None) -> None:
         """Find which candidate input (and forward target) runs, trace once, check every group, warn once per group
-        left out, and count as prunable only the weights of the groups that are pruned.
+        left out, and say once how much of ``target`` the pruned groups can reach over all prunable weights.
 
         Raises:
             ValueError: Nothing at all can be pruned (the message names the layers, why, and what was tried).
@@ -85,6 +108,10 @@ class StructuredPruner(Pruner):
         self.candidates = candidates
         if self.plan is None or not self.plan.groups:
             self._plan(candidates, raise_if_empty=True)
+        reach = structured.reach_message(self.plan.groups, self.plan.skipped, self.prunable_now(), target,
+                                         self.min_layer_density, self._entry_costs())  # fmt: skip
+        if reach is not None:
+            warnings.warn(reach, stacklevel=2)
 
     def _plan(self, candidates: list[Inputs], raise_if_empty: bool) -> None:
         examples = [to_device_of(self.module, c) for c in candidates]
@@ -97,7 +124,6 @@ class StructuredPruner(Pruner):
         for group in plan.skipped:
             warnings.warn(group.message(), stacklevel=3)
         self._groups, self._groups_key = (plan.groups, None), self._shape_key()
-        self._narrow()
         self._carry_state(self.masks, self.saliency)
         if self.budget == Budget.FLOPS:
             self._measure_macs(plan)
@@ -109,19 +135,19 @@ class StructuredPruner(Pruner):
         count = count_macs(target, plan.example if isinstance(plan.example, tuple) else (plan.example,))
         prefix = f"{plan.target}." if plan.target else ""
         self.entry_macs = {prefix + name: macs for name, macs in count.per_weight(target).items()}
+        named = dict(self.module.named_parameters())
         if self.initial_macs is None:
-            named = dict(self.module.named_parameters())
             self.initial_macs = sum(self.entry_macs.get(n, 0.0) * named[n].numel() for n in self.prunable)
+        self._widen_macs(named)
 
-    def _narrow(self) -> None:
-        """Only the weights of groups that are pruned count: the others (left out, or excluded) never shrink, so
-        their numbers leave the initial count too, once (a restored count may have lost them already)."""
-        members = self._member_names()
-        if not self._narrowed:
-            named = dict(self.module.named_parameters())
-            self.initial_weights -= sum(named[n].numel() for n in self.prunable if n not in members and n in named)
-            self._narrowed = True
-        self.prunable = [n for n in self.prunable if n in members]
+    def _widen_macs(self, named: Mapping[str, Tensor]) -> None:
+        """A checkpoint that counted only the pruned groups' weights: add the others' MACs to its initial count
+        (they never shrink, so their MACs now are their MACs then)."""
+        if self._narrow_macs is not None and self.entry_macs is not None and self.initial_macs is not None:
+            counted = set(self._narrow_macs)
+            left_out = [n for n in self.prunable if n not in counted and n in named]
+            self.initial_macs += sum(self.entry_macs.get(n, 0.0) * named[n].numel() for n in left_out)
+            self._narrow_macs = None
 
     def _member_names(self) -> set[str]:
         return {m.param for g in self.plan.groups for m in g.members}
@@ -181,6 +207,12 @@ class StructuredPruner(Pruner):
         return [g for g in groups if g.name in keep]
 
     # -- the budget ---------------------------------------------------------------------------------------------
+
+    def prunable_now(self) -> dict[str, Tensor]:
+        """Every prunable weight as it is now, whether a pruned group holds it or not: the target and sparsity count
+        them all (a weight no group holds only ever counts as staying)."""
+        named = dict(self.module.named_parameters())
+        return {name: named[name] for name in self.prunable if name in named}
 
     @property
     def initial_units(self) -> float:
@@ -270,7 +302,9 @@ class StructuredPruner(Pruner):
     # -- persistence ------------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        state = {**super().state_dict(), **({"prunable": list(self.prunable)} if self._narrowed else {})}
+        # "counted": which weights initial_weights (and initial_macs) count; checkpoints without it counted only the
+        # weights of pruned groups, those listed under "prunable"
+        state = {**super().state_dict(), "prunable": list(self.prunable), "counted": "all_prunable"}
         state["budget"] = self.budget.value
         return {**state, **({"initial_macs": self.initial_macs} if self.initial_macs is not None else {})}
 
@@ -294,9 +328,16 @@ class StructuredPruner(Pruner):
         self._build_state()
         super().load_state_dict(structured.fit_saved_state(state, self.masks.pruned, self.saliency.weights))
         self.initial_macs = state.get("initial_macs", self.initial_macs)
-        if "prunable" in state:  # counted over the prunable groups already (and so is the restored initial count)
-            self.prunable, self._narrowed = list(state["prunable"]), True
-        elif self.plan is not None:  # an older checkpoint, with every weight counted
-            self._narrowed = False
-            self._narrow()
+        if "prunable" in state and state.get("counted") != "all_prunable":
+            self._count_all_prunable(list(state["prunable"]))
         self._refresh_norms()
+
+    def _count_all_prunable(self, counted: list[str]) -> None:
+        """A checkpoint whose counts held only the weights of pruned groups (``counted``): add the other prunable
+        weights (they never shrink, so their size now is their size then), so that it resumes counting every one."""
+        named = dict(self.module.named_parameters())
+        counted_set = set(counted)
+        self.initial_weights += sum(named[n].numel() for n in self.prunable if n not in counted_set and n in named)
+        if self.initial_macs is not None:
+            self._narrow_macs = counted
+            self._widen_macs(named)

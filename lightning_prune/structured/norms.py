@@ -1,4 +1,4 @@
-"""LayerNorm / GroupNorm over the alive channels only, while some of their channels are masked.
+"""LayerNorm / GroupNorm / RMS norms over the alive channels only, while some of their channels are masked.
 
 A LayerNorm's mean and variance span all its channels: a masked channel (zero) still counts, so the network would
 compute something else once the channel is removed. While channels are masked, a forward hook on the norm recomputes
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lightning_prune.structured.foreign import is_rms_norm, rms_epsilon
 from lightning_prune.structured.groups import ChannelGroup
 
 
@@ -38,14 +39,23 @@ class AliveChannelNorm:
     def normalise(self, module: nn.Module, x: Tensor) -> Tensor:
         alive = self.alive(x.device)
         weight = None if module.weight is None else module.weight.index_select(0, alive)
-        bias = None if module.bias is None else module.bias.index_select(0, alive)
+        bias = getattr(module, "bias", None)
+        bias = None if bias is None else bias.index_select(0, alive)
         dim = channel_dim(module, x)
         if isinstance(module, nn.GroupNorm):
             kept = F.group_norm(x.index_select(dim, alive), module.num_groups, weight, bias, module.eps)
+        elif is_rms_norm(module):
+            kept = _rms_norm(x.movedim(dim, -1).index_select(-1, alive), weight, rms_epsilon(module)).movedim(-1, dim)
         else:
             last = x.movedim(dim, -1).index_select(-1, alive)
             kept = F.layer_norm(last, (len(alive),), weight, bias, module.eps).movedim(-1, dim)
         return x.new_zeros(x.shape).index_copy(dim, alive, kept)
+
+
+def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """Hugging Face's RMS norm (statistics in float32, scaled in the input's type), over the last dimension."""
+    scaled = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+    return weight * scaled.to(x.dtype)
 
 
 def channel_dim(norm: nn.Module, x: Tensor) -> int:
@@ -54,6 +64,8 @@ def channel_dim(norm: nn.Module, x: Tensor) -> int:
     takes channels-first images."""
     if isinstance(norm, nn.GroupNorm):
         return 1
+    if is_rms_norm(norm):
+        return x.dim() - 1
     if type(norm).forward is nn.LayerNorm.forward or x.dim() < 3 or x.shape[1] != norm_width(norm):
         return x.dim() - 1
     return 1
@@ -81,6 +93,8 @@ def set_masked(module: nn.Module, masked: Tensor) -> None:
 
 
 def norm_width(module: nn.Module) -> int:
+    if is_rms_norm(module):
+        return module.weight.shape[0]
     return module.normalized_shape[-1] if isinstance(module, nn.LayerNorm) else module.num_channels
 
 

@@ -95,6 +95,19 @@ class ReshapeGuard:
             for opaque in self.opaque:
                 self._stop_at(opaque)
 
+        concat = index_mapping.update_concat_index_mapping
+
+        def update_concat(graph: Any, node: Any) -> None:
+            # torch-pruning cannot size a concatenation whose inputs' channels it does not know (GPT-2's key cache):
+            # it fails on them (a TypeError over None); no channel is followed through such a concatenation
+            if node in self.opaque:
+                return
+            try:
+                concat(graph, node)
+            except (TypeError, ZeroDivisionError):
+                self.opaque.append(node)
+                self._stop_at(node)
+
         flatten = index_mapping._FlattenIndexMapping.__call__
 
         def bounded(mapping: Any, indices: list) -> list:
@@ -104,6 +117,7 @@ class ReshapeGuard:
             return flatten(mapping, indices)
 
         index_mapping.update_reshape_index_mapping = update
+        index_mapping.update_concat_index_mapping = update_concat
         index_mapping._FlattenIndexMapping.__call__ = bounded
         try:
             with warnings.catch_warnings():
@@ -112,6 +126,7 @@ class ReshapeGuard:
                 yield
         finally:
             index_mapping.update_reshape_index_mapping = original
+            index_mapping.update_concat_index_mapping = concat
             index_mapping._FlattenIndexMapping.__call__ = flatten
 
     @staticmethod

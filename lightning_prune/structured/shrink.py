@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from lightning_prune.checkpoints import fit_attributes, fit_width_attributes, is_depthwise
 from lightning_prune.optim import Slices, slice_like
 from lightning_prune.structured.groups import ChannelGroup, Member, owner
-from lightning_prune.structured.norms import ignored_by_norms, slice_norm_hook
+from lightning_prune.structured.norms import ignored_by_norms, norm_width, slice_norm_hook
 from lightning_prune.structured.selection import removed_channels
 
 
@@ -98,8 +98,7 @@ def _drop(
     """Remove the positions of ``channels`` from ``keep[key]`` (all positions along the dimension at first)."""
     if key not in keep:
         if width is None:  # a norm layer: as wide as its channels
-            module = model.get_submodule(key[1])
-            width = module.normalized_shape[-1] if isinstance(module, nn.LayerNorm) else module.num_channels
+            width = norm_width(model.get_submodule(key[1]))
         keep[key] = torch.arange(width)
     dropped = slot.index()[torch.isin(slot.channel, channels)]
     keep[key] = keep[key][~torch.isin(keep[key], dropped)]
@@ -118,8 +117,9 @@ def _fit_norm(norm: nn.Module, kept: Tensor) -> None:
     """A norm's width follows its kept channels (also without affine parameters), and so does its hook."""
     if isinstance(norm, nn.LayerNorm):
         norm.normalized_shape = (*norm.normalized_shape[:-1], len(kept))
-    else:
+    elif isinstance(norm, nn.GroupNorm):
         norm.num_channels = len(kept)
+    # an RMS norm reads its width from its scale
     slice_norm_hook(norm, kept)
 
 

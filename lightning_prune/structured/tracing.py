@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from lightning_prune.checkpoints import is_depthwise
 from lightning_prune.inputs import Inputs, as_tuple
-from lightning_prune.layers import CONV_LAYERS, RECURRENT_LAYERS, WEIGHTED_LAYERS
+from lightning_prune.layers import CONV_LAYERS, RECURRENT_LAYERS, is_channel_layer, is_transposed_linear
+from lightning_prune.structured.foreign import customized_pruners, foreign_handler
 from lightning_prune.structured.groups import (
     ChannelGroup,
     Member,
@@ -26,6 +27,7 @@ from lightning_prune.structured.groups import (
     parameter_names,
 )
 from lightning_prune.structured.reshapes import ReshapeGuard
+from lightning_prune.structured.search import SearchLimit, bounded_search, mapped_once
 
 
 class EvalMode:
@@ -59,13 +61,16 @@ def trace(model: nn.Module, example_input: Inputs, target: str = "") -> Trace:
     """torch-pruning's dependency graph of ``model`` run through ``target`` (recurrent layers left to our groups)."""
     recurrent = [m for m in model.modules() if isinstance(m, RECURRENT_LAYERS)]
     guard = ReshapeGuard()
-    # torch-pruning traces through autograd: allow it even when called under no_grad / inference_mode
-    with EvalMode(model), torch.inference_mode(False), torch.enable_grad(), guard.recording(), guard.guarding():
+    # torch-pruning traces through autograd: allow it even when called under no_grad / inference_mode, and see each
+    # operation of a module the user compiled (a compiled graph is one autograd node)
+    with EvalMode(model), torch.inference_mode(False), torch.enable_grad(), guard.recording(), guard.guarding(), \
+            torch.compiler.set_stance("force_eager"):  # fmt: skip
         graph = tp.DependencyGraph().build_dependency(
             model,
             example_inputs=as_tuple(example_input),
             forward_fn=forward_of(model, target),
             ignored_layers=recurrent,
+            customized_pruners=customized_pruners(model),
             verbose=False,
         )
     return Trace(graph, guard)
@@ -76,18 +81,21 @@ def layer_groups(
     traced: Trace,
     candidate: Callable[[list[str]], bool],
     classifier: str | None,
+    not_roots: Sequence[str] = (),
 ) -> tuple[list[ChannelGroup], list[SkippedGroup]]:
     """The conv / linear / attention groups of a traced model for which ``candidate(producing parameter names)``
     holds, and those of them that cannot be removed exactly (with why). The classifier's output channels (the
-    classes) are never a group, but its inputs shrink with the layer before it."""
+    classes) are never a group, but its inputs shrink with the layer before it. The outputs of the layers in
+    ``not_roots`` (attention projections, whose heads have groups of their own) are not searched."""
     modules = dict(model.named_modules())
     names = parameter_names(model)
     ignored = [m for m in model.modules() if isinstance(m, RECURRENT_LAYERS)]
     ignored += [modules[classifier]] if classifier else []
     module_names = {id(m): n for n, m in model.named_modules()}
     groups, skipped = [], []
-    with traced.guard.guarding():
-        found = list(_all_groups(traced.graph, ignored, traced.guard))
+    skip = ignored + [modules[n] for n in not_roots if n in modules]
+    with traced.guard.guarding(), mapped_once(traced.graph):
+        found = list(_all_groups(traced.graph, ignored, traced.guard, skip))
     for root, group, problem in found:
         name = module_names[id(root)]
         producing = _producing_parameters(group, names) if group is not None else [f"{name}.weight"]
@@ -105,20 +113,26 @@ def layer_groups(
 
 
 def _all_groups(
-    graph: "tp.DependencyGraph", ignored: list[nn.Module], guard: ReshapeGuard
+    graph: "tp.DependencyGraph", ignored: list[nn.Module], guard: ReshapeGuard, skip: list[nn.Module]
 ) -> Iterator[tuple[nn.Module, "tp.Group | None", str | None]]:
-    """Every conv / linear layer's output-channel group, once per group: (root, group, None), or with why it
-    cannot be pruned where torch-pruning fails to follow the channels or they reach a reshape it cannot follow (the
-    group None if there is none), so that one failure leaves out one group, not all."""
+    """Every conv / linear layer's output-channel group (but those of ``skip``), once per group: (root, group,
+    None), or with why it cannot be pruned where torch-pruning fails to follow the channels, its search does not
+    end, or they reach a reshape it cannot follow (the group None if there is none), so that one failure leaves out
+    one group, not all."""
     visited: set[int] = set()
     for module in list(graph.module2node):
-        if module in ignored or not isinstance(module, WEIGHTED_LAYERS) or id(module) in visited:
+        if module in skip or not is_channel_layer(module) or id(module) in visited:
             continue
         pruner = graph.get_pruner_of_module(module)
         guard.reached = False
         try:
             channels = list(range(pruner.get_out_channels(module)))
-            group = graph.get_pruning_group(module, pruner.prune_out_channels, channels)
+            with bounded_search():  # a search that does not end leaves out its group, not the fit
+                group = graph.get_pruning_group(module, pruner.prune_out_channels, channels)
+        except SearchLimit as limit:
+            visited.add(id(module))
+            yield module, None, str(limit)
+            continue
         except Exception as error:  # torch-pruning's index mappings: this group is left out
             visited.add(id(module))
             yield module, None, f"torch-pruning cannot follow its channels ({error!r})"
@@ -127,7 +141,7 @@ def _all_groups(
         visited.update(id(m) for m in outputs)
         if any(m in ignored for m in outputs):  # the classifier's classes are never cut
             continue
-        opaque = "its channels go through a reshape torch-pruning cannot follow (a channel shuffle)"
+        opaque = "its channels go through a reshape or concatenation torch-pruning cannot follow (a channel shuffle)"
         yield module, group, opaque if guard.reached else None
 
 
@@ -138,7 +152,7 @@ def _producing_parameters(group: "tp.Group", names: dict[int, str]) -> list[str]
         module = item.dep.target.module
         if isinstance(module, nn.Parameter):
             producing.append(names[id(module)])
-        elif _is_out(item) and isinstance(module, (*WEIGHTED_LAYERS, nn.MultiheadAttention)):
+        elif _is_out(item) and (is_channel_layer(module) or isinstance(module, nn.MultiheadAttention)):
             producing += [names[id(p)] for n, p in module.named_parameters() if "weight" in n]
     return producing
 
@@ -191,6 +205,10 @@ class _GroupBuilder:
             return
         if not isinstance(module, nn.Module):
             return
+        foreign = _linear if is_transposed_linear(module) else foreign_handler(module)
+        if foreign is not None:
+            foreign(self, module, positions, channels, out)
+            return
         for kind, handler in _HANDLERS:
             if isinstance(module, kind):
                 handler(self, module, positions, channels, out)
@@ -223,6 +241,13 @@ class _GroupBuilder:
 
     def module_name(self, module: nn.Module) -> str:
         return self.module_names[id(module)]
+
+    def cross_channel_norm(self, norm: nn.Module, positions: Tensor, channels: Tensor) -> None:
+        """A norm whose statistics span the channels: its affine slices, and the norm itself, to be told which
+        channels are masked."""
+        self.slice(norm.weight, 0, channels, positions, produces=True)
+        self.slice(getattr(norm, "bias", None), 0, channels, positions, produces=True)
+        self.norms.append(Member(self.module_name(norm), 0, channels, True, positions))
 
 
 def _convolution(b: _GroupBuilder, conv: nn.modules.conv._ConvNd, positions: Tensor, channels: Tensor, out: bool):
@@ -258,13 +283,16 @@ def _grouped_inputs(b: _GroupBuilder, conv: nn.modules.conv._ConvNd, positions: 
     b.slice(conv.weight, 1, by_position[:per_group], torch.arange(per_group), produces=False)
 
 
-def _linear(b: _GroupBuilder, linear: nn.Linear, positions: Tensor, channels: Tensor, out: bool) -> None:
+def _linear(b: _GroupBuilder, linear: nn.Module, positions: Tensor, channels: Tensor, out: bool) -> None:
+    """A Linear's outputs are its weight's rows (and its bias), its inputs the columns; a transposed Linear's
+    (GPT-2's Conv1D) the other way round."""
+    rows, columns = (1, 0) if is_transposed_linear(linear) else (0, 1)
     if out:
         b.produced_by(linear)
-        b.slice(linear.weight, 0, channels, positions, produces=True)
+        b.slice(linear.weight, rows, channels, positions, produces=True)
         b.slice(linear.bias, 0, channels, positions, produces=True)
     else:
-        b.slice(linear.weight, 1, channels, positions, produces=False)
+        b.slice(linear.weight, columns, channels, positions, produces=False)
 
 
 def _per_channel_norm(b: _GroupBuilder, norm: nn.Module, positions: Tensor, channels: Tensor, out: bool) -> None:
@@ -279,19 +307,13 @@ def _per_channel_norm(b: _GroupBuilder, norm: nn.Module, positions: Tensor, chan
 def _layer_norm(b: _GroupBuilder, norm: nn.LayerNorm, positions: Tensor, channels: Tensor, out: bool) -> None:
     if len(norm.normalized_shape) != 1:
         raise Unsupported(f"{b.module_name(norm)} normalises over several dimensions")
-    _cross_channel_norm(b, norm, positions, channels)
+    b.cross_channel_norm(norm, positions, channels)
 
 
 def _group_norm(b: _GroupBuilder, norm: nn.GroupNorm, positions: Tensor, channels: Tensor, out: bool) -> None:
     block = norm.num_channels // norm.num_groups
     b.partition(positions, channels, norm.num_channels, block, f"{b.module_name(norm)}'s groups")
-    _cross_channel_norm(b, norm, positions, channels)
-
-
-def _cross_channel_norm(b: _GroupBuilder, norm: nn.Module, positions: Tensor, channels: Tensor) -> None:
-    b.slice(norm.weight, 0, channels, positions, produces=True)
-    b.slice(norm.bias, 0, channels, positions, produces=True)
-    b.norms.append(Member(b.module_name(norm), 0, channels, True, positions))
+    b.cross_channel_norm(norm, positions, channels)
 
 
 def _attention(b: _GroupBuilder, attention: nn.MultiheadAttention, positions: Tensor, channels: Tensor, out: bool):

@@ -24,8 +24,11 @@ RELATIVE_TOLERANCE = 1e-4
 
 
 def run(model: nn.Module, target: str, inputs: Inputs) -> Any:
-    """The forward target (a module's name, "" for ``model``) called on ``inputs``."""
-    return (model.get_submodule(target) if target else model)(*as_tuple(inputs))
+    """The forward target (a module's name, "" for ``model``) called on ``inputs``, eagerly: a module the user
+    compiled (``torch.compile``) runs its operations one by one here, so a check sees them and no trial's shapes
+    recompile it."""
+    with torch.compiler.set_stance("force_eager"):
+        return (model.get_submodule(target) if target else model)(*as_tuple(inputs))
 
 
 def trial_channels(group: ChannelGroup) -> Tensor | None:
