@@ -220,7 +220,7 @@ def test_a_module_that_compiles_its_network_is_pruned(mode):
     module, pruning = Compiled(backend), pruning_callback(mode)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        _, checker = fit(module, pruning)
+        fit(module, pruning)
     assert checker.checked > 0
     assert pruning.pruner.initial_weights == dense_prunable_count(Compiled(backend))
     assert pruning.sparsity == pytest.approx(TARGET, abs=0.05), [str(w.message) for w in caught]
@@ -343,3 +343,83 @@ def test_guard_mode_on_a_timm_model_keeps_cuts_its_metric_allows():
     _, checker = fit(module, pruning, data=timm_images(), val=timm_images(8), max_epochs=4, num_sanity_val_steps=0)
     assert checker.checked > 0 and pruning.sparsity > 0.1
     assert pruning.sparsity == pytest.approx(measured_sparsity(module, dense_prunable_count(timm_resnet())))
+
+
+class ManualStep(Classifier):
+    """Lightning's manual-optimisation example: steps its own optimizer, logs ``train_loss``, returns nothing."""
+
+    def __init__(self, backbone: nn.Module, losses: tuple[str, ...] = ("train_loss",)) -> None:
+        super().__init__(backbone)
+        self.automatic_optimization = False
+        self.losses = losses
+
+    def training_step(self, batch, batch_idx):
+        optimizer = self.optimizers()
+        optimizer.zero_grad()
+        x, y = batch
+        loss = F.cross_entropy(self(x), y)
+        self.manual_backward(loss)
+        optimizer.step()
+        for name in self.losses:
+            self.log(name, loss)
+
+
+class GAN(L.LightningModule):
+    """Lightning's GAN recipe in small: two optimizers stepped in ``training_step``, which returns nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.automatic_optimization = False
+        self.generator, self.discriminator = mlp(), mlp()
+        self.steps = 0
+
+    def training_step(self, batch, batch_idx):
+        self.steps += 1
+        g_opt, d_opt = self.optimizers()
+        x, _ = batch
+        for name, net, opt in (("g_loss", self.generator, g_opt), ("d_loss", self.discriminator, d_opt)):
+            opt.zero_grad()
+            loss = net(x).pow(2).mean()
+            self.manual_backward(loss)
+            opt.step()
+            self.log(name, loss)
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.generator.parameters()), torch.optim.Adam(self.discriminator.parameters())
+
+
+@pytest.mark.timeout(90)
+def test_manual_optimisation_returning_nothing_is_paced_by_the_one_loss_it_logs(caplog):
+    module, pruning = ManualStep(mlp()), pruning_callback("unstructured")
+    with caplog.at_level("INFO"):
+        fit(module, pruning)
+    assert "pruning is paced by the one loss it logs, `train_loss`" in caplog.text
+    assert pruning.sparsity == pytest.approx(TARGET, abs=1e-3)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in pruning.history)
+
+
+@pytest.mark.timeout(60)
+def test_a_module_that_returns_nothing_and_logs_several_losses_names_them():
+    with pytest.raises(RuntimeError, match=r"it logs several losses \(`a_loss`, `b_loss`\).*`monitor=`"):
+        fit(ManualStep(mlp(), losses=("a_loss", "b_loss")), pruning_callback("unstructured"))
+
+
+@pytest.mark.timeout(60)
+def test_two_optimizers_in_manual_optimisation_are_refused_before_the_first_step():
+    module = GAN()
+    with pytest.raises(ValueError, match=r"steps 2 optimizers itself .* pass `monitor=`"):
+        fit(module, pruning_callback("unstructured"))
+    assert module.steps == 0  # refused at fit start: no optimizer stepped
+    pruning = pruning_callback("unstructured", monitor="g_loss")
+    fit(GAN(), pruning)
+    assert pruning.sparsity == pytest.approx(TARGET, abs=1e-3)
+
+
+@pytest.mark.timeout(90)
+def test_max_steps_without_max_epochs_reaches_the_target_on_time():
+    # 4 batches an epoch, a decision every 2 steps in epochs [0, 2): the run's 12 steps take 3 epochs
+    pruning = RealTimePruningCallback(target_sparsity=TARGET, interval_unit="step", interval=2, end_epoch=2)
+    trainer = quiet_trainer(max_steps=12, max_epochs=-1, callbacks=[pruning])
+    trainer.fit(Classifier(mlp()), loader(64))
+    reached_at = next(h["step"] for h in pruning.history if h["sparsity"] >= TARGET - 1e-3)
+    assert reached_at <= 8 and pruning.sparsity == pytest.approx(TARGET, abs=1e-3)
