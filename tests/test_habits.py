@@ -220,7 +220,7 @@ def test_a_module_that_compiles_its_network_is_pruned(mode):
     module, pruning = Compiled(backend), pruning_callback(mode)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        fit(module, pruning)
+        _, checker = fit(module, pruning)
     assert checker.checked > 0
     assert pruning.pruner.initial_weights == dense_prunable_count(Compiled(backend))
     assert pruning.sparsity == pytest.approx(TARGET, abs=0.05), [str(w.message) for w in caught]
