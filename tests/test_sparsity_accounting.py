@@ -50,12 +50,14 @@ def test_a_checkpoint_counted_over_the_pruned_groups_only_resumes_counted_over_e
     # what the old code saved: the names and the number of the weights of the pruned groups only, and no "counted"
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
     key = next(k for k in checkpoint["callbacks"] if k.startswith("RealTimePruningCallback"))
-    state = checkpoint["callbacks"][key]
+    # (the old code also saved the flat layout: the decision's and the pruner's keys side by side)
+    state = {**checkpoint["callbacks"][key]["decision"], **checkpoint["callbacks"][key]["pruner"]}
     members = {m.param for g in first.pruner.plan.groups for m in g.members}
     narrowed = [n for n in state["prunable"] if n in members]
     dense = dict(DemoTransformer().named_parameters())
     state.update(prunable=narrowed, initial_weights=sum(dense[n].numel() for n in narrowed))
     del state["counted"]
+    checkpoint["callbacks"][key] = state
     torch.save(checkpoint, tmp_path / "old.ckpt")
 
     resumed = RealTimePruningCallback(mode="structured", target_sparsity=0.3, initial_ratio=0.3, end_epoch=2)

@@ -1,6 +1,5 @@
 """Compact export: a dense copy of a model without the channels that compute exactly zero."""
 
-import copy
 import warnings
 from collections.abc import Collection, Sequence
 
@@ -10,7 +9,7 @@ from lightning_prune.inputs import Inputs
 from lightning_prune.layers import classifier_name
 from lightning_prune.structured.find import default_roots, find_groups
 from lightning_prune.structured.shrink import removable, remove_channels
-from lightning_prune.structured.verify import verify_groups
+from lightning_prune.structured.verify import model_copy, verify_groups
 
 
 def compact_copy(
@@ -37,7 +36,7 @@ def compact_copy(
             by doing, and those left out are warned about.
         excluded: Parameters never to cut (their groups are kept whole).
     """
-    compact = copy.deepcopy(model)
+    compact = model_copy(model)
     if roots is None:
         roots = default_roots(compact)
     groups, skipped = find_groups(compact, example_input, roots, classifier_name(compact), target, excluded)

@@ -31,6 +31,26 @@ def run(model: nn.Module, target: str, inputs: Inputs) -> Any:
         return (model.get_submodule(target) if target else model)(*as_tuple(inputs))
 
 
+def model_copy(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``. A tensor a module keeps from its own forward (timm's EfficientViT caches its
+    attention biases, graph and all) is copied detached: ``deepcopy`` refuses a tensor inside a graph, and a copy
+    needs none."""
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for value in _kept_from_forward(vars(module).values()):
+            memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
+def _kept_from_forward(values: Any) -> list[Tensor]:
+    """The non-leaf tensors among ``values``, looking one level into dicts, lists and tuples."""
+    found = []
+    for value in values:
+        inner = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else [value]
+        found += [t for t in inner if isinstance(t, Tensor) and not t.is_leaf]
+    return found
+
+
 def trial_channels(group: ChannelGroup) -> Tensor | None:
     """One unit of every class (None when some class has only one unit, so the group can lose nothing)."""
     units, classes = group.unit_of(), group.class_of()
@@ -68,7 +88,7 @@ def _mismatch(model: nn.Module, target: str, example: Inputs, groups: Sequence[C
     chosen = {g.name: c for g in groups if (c := trial_channels(g)) is not None}
     if not chosen:
         return None
-    trial = copy.deepcopy(model).eval()
+    trial = model_copy(model).eval()
     _wake_zero_parameters(trial)
     for module in trial.modules():  # channels masked before are plain zeros here: the trial's own masks balance
         remove_norm_hook(module)
