@@ -175,7 +175,9 @@ def test_a_killed_shards_claimed_run_is_taken_again_and_report_only_names_what_i
 def test_ctrl_c_stops_every_worker_and_leaves_their_runs_resumable(tiny_mnist, tmp_path):
     output = tmp_path / "interrupted"
     log = tmp_path / "interrupted.log"
-    parent = start(log, compare_args(tiny_mnist, output, "--seeds", "1", "--jobs", "2", "--trainer.max_epochs", "50"))
+    # runs far longer than the wait for both workers to start, so SIGINT always lands in the middle of a fit (at 50
+    # epochs a quiet machine finished both tiny runs before the signal)
+    parent = start(log, compare_args(tiny_mnist, output, "--seeds", "1", "--jobs", "2", "--trainer.max_epochs", "2000"))
     # both workers in the middle of a fit
     wait_for(lambda: all(re.search(rf"\[{w}\] Epoch \d+ step", log.read_text()) for w in ("w1", "w2")))
     parent.send_signal(signal.SIGINT)
