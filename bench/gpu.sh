@@ -54,8 +54,17 @@ if [[ ! -d "$DATA" ]]; then
     exit 2
 fi
 mkdir -p "$OUT"
-echo "bench/gpu.sh: commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)," \
-     "$EPOCHS epoch(s), data $DATA, output $OUT, device $DEVICE"
+# provenance beside the results: which code, whether its tree was clean, when, on what
+{
+    echo "commit: $(git -C "$REPO" rev-parse HEAD 2>/dev/null || echo unknown)"
+    echo "uncommitted changes: $(git -C "$REPO" status --porcelain 2>/dev/null | grep -c . || true)"
+    echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    echo "epochs: $EPOCHS, jobs: $JOBS, device: $DEVICE, smoke: ${GPU_SH_SMOKE:-0}"
+    echo "gpu: $(nvidia-smi -L 2>/dev/null || echo none)"
+    echo "cpu cores: $(nproc)"
+} > "$OUT/machine.txt"
+echo "bench/gpu.sh: $EPOCHS epoch(s), data $DATA, output $OUT, device $DEVICE"
+cat "$OUT/machine.txt"
 
 cd "$REPO"
 timeout --kill-after=20 "$TRAIN_TIMEOUT" "$PYTHON" -m lightning_prune.cli compare \

@@ -33,6 +33,7 @@ def test_gpu_sh_trains_the_four_arms_and_times_the_compact_export(tiny_cifar10, 
         assert export[batch]["compact"]["flops_dense"] < export[batch]["dense"]["flops_dense"]
         assert export[batch]["compact"]["params_total"] < export[batch]["dense"]["params_total"]
         assert export[batch]["speedup"] > 0
+    assert "commit: " in (out / "machine.txt").read_text()
     # it says what it wrote
     assert str(out / "export.json") in done.stdout and str(out / "compare" / "report.md") in done.stdout
 
