@@ -104,3 +104,14 @@ def test_a_sweep_of_fixed_schedules_each_at_its_own_target_beside_a_guarded_arm(
     assert sorted(schedules["gmp_0.95"]) == PruningWindow().decision_epochs(5) == [0, 1, 2, 3]
     for name, target in (("gmp_0.5", 0.5), ("gmp_0.95", 0.95), ("modelpruning_0.9", 0.9)):
         assert 1 - math.prod(1 - a for a in schedules[name].values()) == pytest.approx(target)
+
+
+def test_planning_from_the_command_line_does_not_warn_of_its_own_options(tmp_path, monkeypatch, recwarn):
+    argv = ["--config", str(CONFIGS / "mnist_cnn.yaml"), "--prune-config", str(CONFIGS / "prune.yaml"),
+            "--output", str(tmp_path / "out"), "--no-wandb", "--seeds", "1"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["lightning-prune", "compare", *argv])  # what the console script sees
+    parser = build_parser()
+    options, overrides = parser.parse_known_args(argv)
+    plan_comparison(parser, options, overrides)
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]
+    assert sys.argv[1] == "compare"  # given back

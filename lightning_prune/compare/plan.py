@@ -7,7 +7,7 @@ from pathlib import Path
 
 from jsonargparse import Namespace
 
-from lightning_prune.cli.app import LightningPruneCLI
+from lightning_prune.cli.app import LightningPruneCLI, arguments_alone
 from lightning_prune.cli.wandb_mode import DEFAULT_PROJECT
 from lightning_prune.compare.baselines import baseline_schedule
 from lightning_prune.compare.provenance import without_per_run_keys
@@ -31,7 +31,8 @@ class _ConfigOnly(LightningPruneCLI):
 
 def parse_arm(args: Sequence[str]) -> Namespace:
     """An arm's full config as LightningCLI resolves it. Exits with code 2 and jsonargparse's message when invalid."""
-    return _ConfigOnly(args=list(args), run=False).config
+    with arguments_alone():  # sys.argv holds compare's own options: LightningCLI would warn of them once per arm
+        return _ConfigOnly(args=list(args), run=False).config
 
 
 def without_pruning_options(overrides: Sequence[str]) -> list[str]:
