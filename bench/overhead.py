@@ -8,8 +8,9 @@ every hook of every callback, whatever their order in the callback list), and th
 decision included). Each figure is the ratio to "no callback" in the same round, then the median over rounds.
 
 Large tensors are allocated on transparent huge pages (``THP_MEM_ALLOC_ENABLE=1``, set here unless given): without
-them, identical fits of the 13M-weight MLP with no callback took 57 to 99 ms a step on a 2-core machine, from one fit
-to the next, which drowns a few per cent of callback cost; with them, 66 to 72 ms.
+them, eight identical fits of the 13M-weight MLP with no callback took 56.90 to 98.72 ms a step on a 2-core machine;
+with them, eight took 66.13 to 72.14 ms. It narrows the spread but does not remove it: in one 5-round run with huge
+pages the no-callback fits still ranged 56.55 to 72.10 ms, so read the ratio ranges, not only the medians.
 
     python bench/overhead.py --model mlp13m --rounds 3 --steps 60
     python bench/overhead.py --model resnet18 --rounds 3 --steps 15
@@ -123,7 +124,8 @@ def pruning_callback(variant: str, module: ClassificationModule, target: float, 
         # every saliency_every-th, and the masking, on top of a decision at the epoch's end
         return RealTimePruningCallback(target_sparsity=target, initial_ratio=0.5, max_ratio=0.5, end_epoch=100)
     # decisions twice in epoch 0 (the cut to the target, then "target sparsity reached"), so all of epoch 1 is what
-    # the epochs after the target see: the masking alone
+    # the epochs after the target see: the masking and the loss each step (no gradient norm), and a "done" decision,
+    # with its read-outs, every interval
     after_target = dict(target_sparsity=target, initial_ratio=target, max_ratio=0.99, end_epoch=1,
                         interval_unit="step", interval=max(1, steps // 2))  # fmt: skip
     if variant == "ours, after target":
@@ -205,7 +207,8 @@ def main() -> None:
         f"{args.rounds} interleaved rounds, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}; epoch 1 "
         "timed: the median step (batch start to batch start: every hook of every callback) and the epoch's wall time "
         "(its end-of-epoch decision included). 'pruning window': every step near a decision, and a decision at the "
-        "epoch's end; 'after target': the target reached in epoch 0, so epoch 1 only keeps the cut weights at zero. "
+        "epoch's end; 'after target': the target reached in epoch 0, so epoch 1 keeps the cut weights at zero and "
+        "logs a 'done' decision each interval, without the gradient norm. "
         "The last two columns time our callback's hooks directly (all of them, summed over the timed epoch, per "
         "step), against the median step without a callback.\n\n" + table(header, rows)
     )
