@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "docs" / "BENCHMARKS.md"
+OLDER_CODE = "## Older code"
 
 
 def machine() -> str:
@@ -51,8 +52,16 @@ def record(title: str, body: str) -> None:
     BENCHMARKS.parent.mkdir(parents=True, exist_ok=True)
     if not BENCHMARKS.exists():
         BENCHMARKS.write_text("# Benchmarks\n\nEvery block below was appended by the bench/ script named in it.\n")
-    with BENCHMARKS.open("a") as handle:
-        handle.write(block)
+    BENCHMARKS.write_text(with_block(BENCHMARKS.read_text(), block))
+
+
+def with_block(document: str, block: str) -> str:
+    """``document`` with ``block`` at the end of its current blocks: before the "## Older code" section if it has one
+    (blocks of code that has changed since are kept there, after the current ones), else at the end."""
+    older = document.find(f"\n{OLDER_CODE}\n")
+    if older < 0:
+        return document + block
+    return document[:older].rstrip("\n") + "\n" + block + document[older:]
 
 
 def table(header: list[str], rows: list[list]) -> str:

@@ -58,7 +58,7 @@ class LSTMClassifier(nn.Module):
             lengths = (tokens != PAD_INDEX).sum(dim=1)
         # Batches are right-padded and the LSTM runs left to right, so its output at the last real token is the state a
         # packed sequence would end in. Packing is not used: with reviews of varied lengths a CPU training step was
-        # 9.44x slower packed (bench/lstm_packing.py, docs/BENCHMARKS.md); the padded steps cost far less than that.
+        # 8.17x slower packed (bench/lstm_packing.py at 0d0c083, docs/BENCHMARKS.md); the padding costs far less.
         last = (lengths.to(tokens.device).clamp(min=1, max=tokens.shape[1]) - 1).long()
         outputs, _ = self.lstm(self.embedding(tokens))
         final = outputs[torch.arange(tokens.shape[0], device=tokens.device), last]
